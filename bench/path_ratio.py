@@ -53,6 +53,7 @@ from raptr_cli.planning import model_dims
 from raptr_cli.recipe import OptimConfig
 from raptr_cli.schedule import sample_subset, step_generator
 from raptr_cli.train.optim import build_optimizer
+from raptr_cli.train.prefetch import Prefetcher
 from raptr_cli.train.step import forward_backward
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,12 +67,14 @@ SECTIONS = ("mask", "fwd_bwd", "clip", "optim")
 class StepBench:
     """One model + AdamW; `step(layers)` runs one timed optimizer step (the Trainer's hot path)."""
 
-    def __init__(self, hidden: int, seq_len: int, batch: int, vocab: int, seed: int = 0):
+    def __init__(self, hidden: int, seq_len: int, batch: int, vocab: int, seed: int = 0, *,
+                 device: str = "cpu", precision: str = "fp32", micro: int | None = None):
         torch.manual_seed(seed)
         self.cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=N_LAYERS,
                               num_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
                               max_position_embeddings=max(512, seq_len))  # dropout 0.1: the defaults
-        self.model = BertForMaskedLM(self.cfg).train()
+        self.model = BertForMaskedLM(self.cfg).to(device).train()
+        self.device, self.precision, self.micro = torch.device(device), precision, micro or batch
         self.opt = build_optimizer(self.model, OptimConfig(lr=1e-4))
         self.params = list(self.model.parameters())
         g = torch.Generator().manual_seed(seed)
@@ -80,6 +83,20 @@ class StepBench:
         self.ids[:, 0], self.ids[:, -1] = 2, 3
         self.vocab, self.tokens = vocab, batch * seq_len
         self.n_step = 0
+        # as the Trainer does: the next batches are masked in a background thread during the step
+        self.batches = Prefetcher(self._batch, 0, 2**62, pin=self.device.type == "cuda")
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        inputs, labels = self.masked(step)
+        return inputs, labels, int((labels != -100).sum())
+
+    def close(self) -> None:
+        self.batches.close()
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def masked(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return mask_tokens(self.ids, seed=0, step=step, mlm_probability=0.15, mask_id=MASK_ID,
@@ -87,20 +104,21 @@ class StepBench:
 
     def step(self, layers: list[int] | None) -> dict[str, float]:
         """Seconds per section of one optimizer step; `layers=None` is the full model (as the
-        Trainer passes it). CPU ops are synchronous, so perf_counter brackets them exactly."""
-        c0, t0 = time.process_time(), time.perf_counter()
-        inputs, labels = self.masked(self.n_step)
-        n = int((labels != -100).sum())
-        t1 = time.perf_counter()
+        Trainer passes it). CPU ops are synchronous, so perf_counter brackets them exactly; on a GPU
+        each reading waits for the queued kernels first (the Trainer syncs at the same points)."""
+        clock = self._clock
+        c0, t0 = time.process_time(), clock()
+        inputs, labels, n = self.batches.get(self.n_step)  # "mask": the time spent waiting for it
+        t1 = clock()
         batch = {"input_ids": inputs, "labels": labels}
-        loss = forward_backward(self.model, batch, n, inputs.shape[0], layers, None, "fp32")
-        t2 = time.perf_counter()
+        loss = forward_backward(self.model, batch, n, self.micro, layers, None, self.precision)
+        t2 = clock()
         norm = torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], 1.0)
         assert math.isfinite(float(norm)) and math.isfinite(float(loss))  # the Trainer's guard
-        t3 = time.perf_counter()
+        t3 = clock()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        t4, c4 = time.perf_counter(), time.process_time()
+        t4, c4 = clock(), time.process_time()
         self.n_step += 1
         return {"mask": t1 - t0, "fwd_bwd": t2 - t1, "clip": t3 - t2, "optim": t4 - t3, "total": t4 - t0,
                 "cpu": c4 - c0}
@@ -127,6 +145,7 @@ def per_step(hidden: int = 128, seq_len: int = 128, batch: int = 32, vocab: int 
         for k in order:
             times[k].append(b.step(path_for(k, warmup + r)))
         log(f"  round {r + 1}/{rounds}: " + "  ".join(f"k={k} {times[k][-1]['total']:.3f}s" for k in order))
+    b.close()
 
     dims = model_dims(b.cfg, seq_len)
     n_masked = int((b.masked(0)[1] != -100).sum())  # ~15% of the non-special positions

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raptr_cli.errors import UserError
-from raptr_cli.models.common import resolve_path
+from raptr_cli.models.common import gather_labelled, resolve_path
 from raptr_cli.models.presets import BERT_PRESETS, BertConfig  # noqa: F401  (re-exported)
 
 
@@ -245,11 +245,14 @@ class BertForMaskedLM(nn.Module):
         *,
         layers: Sequence[int] | None = None,
         scales: Sequence[float] | None = None,
+        label_index: torch.Tensor | None = None,
     ) -> MLMOutput:
         """input_ids, attention_mask ({0,1}), token_type_ids, labels: (B, T) integer tensors.
 
         layers: blocks to run this step (None = all); the others are not executed.
         scales: one per entry of `layers` (None = all 1): out = x + s * (block(x) - x).
+        label_index: `models.common.labelled_index(labels)` when the caller has it (computed on the
+            host, it spares the forward a device->host sync).
         """
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
@@ -272,9 +275,8 @@ class BertForMaskedLM(nn.Module):
             return MLMOutput(loss=None, logits=head(x), n_predictions=B * T)
         # Run the head only where there is a target: with 15% masking that skips ~85% of the
         # (d x V) decoder matmul, the most expensive single op for small BERTs.
-        sel = labels != -100  # (B, T)
-        logits = head(x[sel])  # (n_masked, V)
-        targets = labels[sel]
+        h, targets = gather_labelled(x, labels, label_index)
+        logits = head(h)  # (n_masked, V)
         if targets.numel() == 0:
             # Nothing to predict: a zero loss still attached to the graph so backward() works.
             loss = logits.sum()

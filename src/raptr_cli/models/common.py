@@ -11,6 +11,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from raptr_cli.errors import UserError
@@ -99,3 +100,24 @@ def resolve_path(layers: Sequence[int] | None, scales: Sequence[float] | None,
         by_layer = {i % num_layers: s for i, s in zip(layers, scales)}
         scales = [by_layer[i] for i in order]
     return order, scales
+
+
+def labelled_index(labels: torch.Tensor) -> torch.Tensor:
+    """Flat row-major indices of the positions of labels (B, T) that carry a label (!= -100)."""
+    return (labels != -100).reshape(-1).nonzero().squeeze(1)
+
+
+def gather_labelled(x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states (n, d) and targets (n,) of the positions that carry a label (labels != -100),
+    in row-major (b, t) order, from x (B, T, d) and labels (B, T).
+
+    Finding those positions on the device (`x[labels != -100]`, `nonzero`) must copy their count
+    to the host before the output can be sized: a device->host sync in the middle of every GPU
+    forward that drains the launch queue. The trainer holds the labels on the host before it moves
+    them, so it passes `index` (`labelled_index` of the host labels, moved to the device) and the
+    forward never waits for the GPU.
+    """
+    if index is None:
+        index = labelled_index(labels)
+    return x.reshape(-1, x.shape[-1]).index_select(0, index), labels.reshape(-1).index_select(0, index)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raptr_cli.models.common import resolve_path
+from raptr_cli.models.common import gather_labelled, resolve_path
 from raptr_cli.models.presets import UL2_PRESETS, DecoderConfig  # noqa: F401  (re-exported)
 
 
@@ -197,12 +197,15 @@ class DecoderForPrefixLM(nn.Module):
         *,
         layers: Sequence[int] | None = None,
         scales: Sequence[float] | None = None,
+        label_index: torch.Tensor | None = None,
     ) -> LMOutput:
         """input_ids, labels: (B, T) long; prefix_len: (B,) long, or None for a plain causal LM.
 
         labels[b, t] is the token position t predicts (-100 = no loss there); no shifting here.
         layers: blocks to run this step (None = all); the others are not executed.
         scales: one per entry of `layers` (None = all 1): out = x + s * (block(x) - x).
+        label_index: `models.common.labelled_index(labels)` when the caller has it (computed on the
+            host, it spares the forward a device->host sync).
         """
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
@@ -227,9 +230,8 @@ class DecoderForPrefixLM(nn.Module):
             return LMOutput(loss=None, logits=self.lm_head(x), n_predictions=B * T)
         # Head only where there is a target: in a UL2 batch the inputs (often > half of each row)
         # and the padding carry no loss, and the d x V head is the costliest matmul of small models.
-        sel = labels != -100  # (B, T)
-        logits = self.lm_head(x[sel])  # (n_labelled, V)
-        targets = labels[sel]
+        h, targets = gather_labelled(x, labels, label_index)
+        logits = self.lm_head(h)  # (n_labelled, V)
         if targets.numel() == 0:
             loss = logits.sum()  # zero, still attached to the graph so backward() works
         else:

@@ -24,6 +24,7 @@ from .data_setup import RunData, prepare_data
 from .metrics import JsonlSink, MetricsLogger, Sink, TrackerSink
 from .rundir import prepare_out_dir  # noqa: F401 (re-exported for callers)
 from .optim import build_optimizer, lr_factor, warmup_steps_of
+from .prefetch import Prefetcher
 from .objective import objective_for
 from .step import evaluate, forward_backward, step_seed, sync_gradients
 
@@ -267,6 +268,17 @@ class Trainer:
             self._eval()
         from ..data.packing import batch_indices
 
+        def make_batch(step: int) -> tuple[dict, int]:  # runs in the prefetch thread
+            rows = self.data.train[batch_indices(step, B, len(self.data.train), r.run.seed)]
+            batch, _ = self.objective.batch(rows, r.run.seed, step)
+            n_global = int((batch["labels"] != -100).sum())
+            return {k: v[lo:hi] for k, v in batch.items()}, n_global
+
+        with Prefetcher(make_batch, self.step, t.steps, pin=self.device.type == "cuda") as batches:
+            return self._loop(batches, B, micro, params, stats)
+
+    def _loop(self, batches: Prefetcher, B: int, micro: int, params: list, stats: dict) -> dict:
+        r, t = self.r, self.r.train
         t_start = time.perf_counter() - self.state["elapsed_s"]
         window_t, window_tokens, window_flops, window_data = time.perf_counter(), 0, 0.0, 0.0
         while self.step < t.steps:
@@ -280,11 +292,8 @@ class Trainer:
             scales = None if all(s == 1.0 for s in scales) else scales
             run_layers = None if len(layers) == self.state["depth"] else layers
 
-            rows = self.data.train[batch_indices(step, B, len(self.data.train), r.run.seed)]
-            batch, _ = self.objective.batch(rows, r.run.seed, step)
-            n_global = int((batch["labels"] != -100).sum())
-            batch = {k: v[lo:hi] for k, v in batch.items()}
-            dt_data = time.perf_counter() - step_t0  # input pipeline time (indexing, masking)
+            batch, n_global = batches.get(step)
+            dt_data = time.perf_counter() - step_t0  # time the loop waited for its batch
             window_data += dt_data
             self.state["data_s"] = self.state.get("data_s", 0.0) + dt_data
             torch.manual_seed(step_seed(r.run.seed, step, 1 + self.rank))  # dropout: pure function of step

@@ -14,6 +14,8 @@ import contextlib
 import torch
 import torch.distributed as dist
 
+from ..models.common import labelled_index
+
 
 def step_seed(seed: int, step: int, stream: int) -> int:
     """A 63-bit seed for (seed, step, stream): splitmix-style mixing so nearby steps decorrelate."""
@@ -46,12 +48,13 @@ def forward_backward(model, batch: dict, n_global: int, micro: int,
     total = torch.zeros((), device=device)
     n_rows = batch["input_ids"].shape[0]
     for lo in range(0, n_rows, micro):
-        n = int((batch["labels"][lo:lo + micro] != -100).sum())  # on the host batch: no device sync
+        index = labelled_index(batch["labels"][lo:lo + micro])  # on the host batch: no device sync
+        n = index.numel()
         mb = _rows(batch, lo, lo + micro, device)
         # a micro-batch without targets still runs (its loss is 0 x graph): every rank must end with
         # gradients for the same parameters, or the flat all-reduce would not line up across ranks
         with autocast(device, precision):
-            out = model(**mb, layers=layers, scales=scales)
+            out = model(**mb, layers=layers, scales=scales, label_index=index.to(device, non_blocking=True))
         loss = out.loss.float() * (n / n_global)
         loss.backward()
         total += loss.detach()
@@ -105,13 +108,14 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int, n_batches: int, objec
         parts = [(None, slice(None))] if groups is None else \
             [(g, groups == g) for g in range(len(names)) if bool((groups == g).any())]
         for g, sel in parts:
-            mb = {k: v[sel].to(device) for k, v in batch.items()}
-            y = mb["labels"]
-            n = int((y != -100).sum())
+            index = labelled_index(batch["labels"][sel])
+            n = index.numel()
             if n == 0:
                 continue
+            mb = {k: v[sel].to(device) for k, v in batch.items()}
+            y = mb["labels"]
             with autocast(device, precision):
-                out = model(**mb, layers=layers)
+                out = model(**mb, layers=layers, label_index=index.to(device))
             loss = float(out.loss.float()) * n
             sums[0] += loss
             sums[1] += float((out.logits.argmax(-1) == y[y != -100]).sum())

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import generate_corpus
@@ -71,3 +72,55 @@ def test_resume_with_another_world_size_is_refused(runs):
     assert res.returncode == 2
     assert "2 processes" in res.stderr and "Traceback" not in res.stderr
     assert sorted(p.name for p in (tmp / "two" / "checkpoints").iterdir()) == before
+
+
+FSDP = [ACCELERATE, "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.fixture(scope="module")
+def sharded(runs):
+    tmp, env, recipe, data = runs
+    res = _run([*FSDP, RAPTR, "pretrain", recipe, "--out", str(tmp / "fsdp"), *SETS, *data], env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp / "fsdp"
+
+
+def test_fsdp_launch_trains_the_same_model_sharded(runs, sharded):
+    tmp, *_ = runs
+    a = load_file(str(tmp / "one" / "final" / "model.safetensors"))
+    b = load_file(str(sharded / "final" / "model.safetensors"))  # gathered to full tensors on rank 0
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, worst  # skipped blocks were neither gathered nor updated, on both ranks
+    states = list((sharded / "checkpoints").glob("step-*/trainer_state.json"))
+    assert states and all('"sharded": true' in p.read_text() for p in states)
+
+
+def test_fsdp_resume_is_exact_and_a_replicated_resume_is_refused(runs, sharded):
+    tmp, env, recipe, data = runs
+    again = tmp / "fsdp-resumed"
+    shutil.copytree(sharded, again)
+    shutil.rmtree(again / "final")
+    shutil.rmtree(sorted((again / "checkpoints").glob("step-*"))[-1])  # back to step 3: stage 1 of 2
+    before = sorted(p.name for p in (again / "checkpoints").iterdir())
+    res = _run([RAPTR, "pretrain", str(again / "recipe.toml"), "--out", str(again), "--resume"], env)
+    assert res.returncode == 2 and "sharded (FSDP)" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in (again / "checkpoints").iterdir()) == before
+    res = _run([*FSDP, RAPTR, "pretrain", str(again / "recipe.toml"), "--out", str(again), "--resume"], env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = load_file(str(sharded / "final" / "model.safetensors"))
+    b = load_file(str(again / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fsdp_refuses_stacking_and_unsupported_options(runs):
+    tmp, env, _, data = runs
+    stack = str(ROOT / "recipes/bert-tiny-stacking.toml")
+    sets = [*SETS[:-2], "--set", "schedule.stages=[{fraction=0.5,depth=2},{fraction=0.5,depth=4}]"]
+    res = _run([*FSDP, RAPTR, "pretrain", stack, "--out", str(tmp / "fsdp-stack"), *sets, *data], env)
+    assert res.returncode != 0 and "cannot run sharded (FSDP)" in res.stderr
+    assert "Traceback" not in res.stderr.split("cannot run sharded")[0][-2000:]
+    res = _run([*FSDP[:-4], "--fsdp_offload_params", "true", *FSDP[-4:], RAPTR, "pretrain",
+                str(ROOT / "recipes/bert-tiny-raptr.toml"), "--out", str(tmp / "fsdp-offload"), *SETS, *data], env)
+    assert res.returncode != 0 and "parameter offloading" in res.stderr

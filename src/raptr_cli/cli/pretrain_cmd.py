@@ -18,6 +18,7 @@ Examples:
   raptr pretrain recipes/bert-base-raptr.toml --dry-run          # plan only, no training
   raptr pretrain recipes/bert-tiny-raptr.toml --out runs/demo --resume
   accelerate launch --multi_gpu --num_processes 8 $(which raptr) pretrain recipes/bert-base-raptr.toml
+  accelerate launch --use_fsdp --fsdp_version 2 --num_processes 8 $(which raptr) pretrain recipes/ul2-1b6-raptr.toml
 
 Outputs land in --out (default runs/<run.name>): recipe.toml, metrics.jsonl, tokenizer.json,
 checkpoints/step-NNNNNNN/, final/.

@@ -55,7 +55,8 @@ def save_checkpoint(root: Path, step: int, model, optimizer, state: dict, arch: 
         shutil.rmtree(tmp)
     tmp.mkdir()
     write_model_dir(tmp, model, arch)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    # a sharded run passes its gathered (full) optimizer state dict instead of the optimizer
+    torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
     # size and sha256 of every file: truncation (a full disk, a partial rsync) and silent corruption
     # are caught at load (hashing costs about 1 s per GB)
@@ -143,9 +144,20 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
         )
 
 
-def load_optimizer(ckpt: Path, optimizer: torch.optim.Optimizer) -> None:
+def read_optimizer(ckpt: Path) -> dict:
+    """optimizer.pt as a state dict (tensors and plain types only: weights_only=True)."""
     try:
-        sd = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        return torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(
+            f"cannot load optimizer state from {ckpt / 'optimizer.pt'}: {e}",
+            hint="Delete that checkpoint directory to resume from the previous one.",
+        ) from None
+
+
+def load_optimizer(ckpt: Path, optimizer: torch.optim.Optimizer) -> None:
+    sd = read_optimizer(ckpt)
+    try:
         optimizer.load_state_dict(sd)
     except Exception as e:
         raise UserError(

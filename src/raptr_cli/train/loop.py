@@ -25,6 +25,7 @@ from .metrics import JsonlSink, MetricsLogger, Sink, TrackerSink
 from .rundir import prepare_out_dir  # noqa: F401 (re-exported for callers)
 from .optim import build_optimizer, lr_factor, warmup_steps_of
 from .prefetch import Prefetcher
+from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
 from .objective import objective_for
 from .step import evaluate, forward_backward, step_seed, sync_gradients
 
@@ -92,6 +93,13 @@ class Trainer:
             raise UserError(f"train.batch_size = {t.batch_size} is not divisible by the {self.world} processes",
                             hint="Pick a batch size that splits evenly over the processes.")
         self.precision = t.precision if t.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        # FSDP when accelerate was launched with it (train/sharding.py); checked before any file is written
+        self.sharded = self.world > 1 and fsdp_requested(accelerator)
+        self.fsdp = fsdp_options() if self.sharded else {}
+        if self.sharded and recipe.schedule.method == "stacking":
+            raise UserError("schedule.method = \"stacking\" cannot run sharded (FSDP): growing the model "
+                            "copies blocks that are split across processes",
+                            hint="Launch stacking with --multi_gpu (replicated) instead of FSDP.")
         self.resume_from = pick_resume_checkpoint(out) if resume else None
         tok_file = out / "tokenizer.json" if resume and (out / "tokenizer.json").is_file() else None
         with accelerator.main_process_first():  # rank 0 fills the tokenizer/block caches, the others read them
@@ -104,7 +112,7 @@ class Trainer:
         self.warmup = warmup_steps_of(recipe.optim, t.steps)
         self.peak = device_peak(self.device, self.precision)
         self.state = {"tokens": 0, "flops": 0.0, "elapsed_s": 0.0, "world_size": self.world,
-                      "stage_stats": {}, "depth": self.plan.stages[0].depth,
+                      "stage_stats": {}, "depth": self.plan.stages[0].depth, "sharded": self.sharded,
                       "data_blocks": [len(self.data.train), len(self.data.eval)]}
         self._build(self.state["depth"])
         self.step = 0
@@ -129,6 +137,8 @@ class Trainer:
         cfg.num_layers = depth
         self.model = build_model(cfg).to(self.device)
         self.model.train()
+        if self.sharded:
+            shard_model(self.model, self.device, **self.fsdp)
         if self.r.train.compile:
             compile_blocks(self.model)
         self.opt = build_optimizer(self.model, self.r.optim)
@@ -156,6 +166,11 @@ class Trainer:
     def _load(self, path: Path) -> None:
         info = ckpt.read_state(path)
         st, conf = info["state"], info["config"]
+        if st.get("sharded", False) != self.sharded:
+            how = {True: "sharded (FSDP)", False: "replicated"}
+            raise UserError(f"{path} was written by a {how[st.get('sharded', False)]} run, this run is "
+                            f"{how[self.sharded]}",
+                            hint="Resume with the launch configuration the run was started with.")
         if st.get("world_size", 1) != self.world:
             raise UserError(
                 f"{path} was written by {st.get('world_size')} processes, this run has {self.world}",
@@ -172,8 +187,13 @@ class Trainer:
                 hint="Resume with the data the run was started with (the files named in OUT/recipe.toml).")
         if st["depth"] != self.state["depth"]:
             self._build(st["depth"])
-        ckpt.load_weights(path, self.model)
-        ckpt.load_optimizer(path, self.opt)
+        if self.sharded:  # every rank reads the full tensors, then keeps its shards
+            plain = self._plain_model()
+            ckpt.load_weights(path, plain)
+            load_full_state(self.model, plain.state_dict(), self.opt, ckpt.read_optimizer(path))
+        else:
+            ckpt.load_weights(path, self.model)
+            ckpt.load_optimizer(path, self.opt)
         self.step = st.pop("step")
         self.state.update(st)
 
@@ -220,11 +240,29 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         return grad_norm, lr
 
+    def _plain_model(self) -> torch.nn.Module:
+        """An unsharded CPU model of the current depth (for saving and loading a sharded run)."""
+        cfg = copy.deepcopy(self.cfg)
+        cfg.num_layers = self.state["depth"]
+        with torch.random.fork_rng(devices=[]):  # its random init must not move the run's RNG
+            return build_model(cfg)
+
+    def _gathered(self, with_optimizer: bool = True) -> tuple[torch.nn.Module | None, dict | None]:
+        """Sharded runs: the full model (as a plain CPU model) and optimizer state on rank 0, None
+        elsewhere. A collective: every rank calls it."""
+        msd, osd = full_state(self.model, self.opt if with_optimizer else None)
+        if not self.acc.is_main_process:
+            return None, None
+        plain = self._plain_model()
+        plain.load_state_dict(msd)
+        return plain, osd
+
     def _checkpoint(self) -> Path | None:
+        model, opt = (self._gathered() if self.sharded else (self.model, self.opt))
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return None
-        path = ckpt.save_checkpoint(self.out, self.step, self.model, self.opt, self.state, self.r.model.arch,
+        path = ckpt.save_checkpoint(self.out, self.step, model, opt, self.state, self.r.model.arch,
                                     self.r.train.keep_checkpoints)
         self.log.log({"event": "checkpoint", "step": self.step, "path": str(path.relative_to(self.out))})
         self.acc.wait_for_everyone()
@@ -232,8 +270,10 @@ class Trainer:
 
     def _eval(self) -> dict:
         t = self.r.train
+        # sharded: every rank runs every eval batch, so all ranks make the same collective calls
+        rank, world = (0, 1) if self.sharded else (self.rank, self.world)
         res = evaluate(self.model, self.data.eval, t.batch_size, t.eval_batches, self.objective, self.r.run.seed,
-                       self.precision, self.rank, self.world)
+                       self.precision, rank, world)
         full = self.state["depth"] == self.cfg.num_layers
         row = {"step": self.step, **res, "eval_depth": self.state["depth"], "eval_full_model": full,
                "flops": self.state["flops"], "tokens": self.state["tokens"]}
@@ -298,7 +338,8 @@ class Trainer:
             self.state["data_s"] = self.state.get("data_s", 0.0) + dt_data
             torch.manual_seed(step_seed(r.run.seed, step, 1 + self.rank))  # dropout: pure function of step
             loss = forward_backward(self.model, batch, n_global, micro, run_layers, scales, self.precision)
-            sync_gradients(params)
+            if not self.sharded:  # FSDP reduce-scatters in backward
+                sync_gradients(params)
             grad_norm, lr = self._apply(step, params, loss)
             self.step = step + 1
             self.state["tokens"] += B * t.seq_len
@@ -375,12 +416,13 @@ class Trainer:
     def _finish(self) -> dict:
         ev = self.last_eval if self.last_eval and self.last_eval["step"] == self.step else self._eval()
         self._checkpoint()
+        model = self._gathered(with_optimizer=False)[0] if self.sharded else self.model
         if self.acc.is_main_process:
             final = self.out / "final"
             tmp = self.out / ".final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            ckpt.write_model_dir(tmp, self.model, self.r.model.arch)
+            ckpt.write_model_dir(tmp, model, self.r.model.arch)
             shutil.copyfile(self.out / "tokenizer.json", tmp / "tokenizer.json")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

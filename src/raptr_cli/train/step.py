@@ -123,7 +123,8 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int, n_batches: int, objec
             if g is not None:
                 sums[3 + 2 * g] += loss
                 sums[4 + 2 * g] += n
-    sums = all_sum(sums, device)
+    if world > 1:
+        sums = all_sum(sums, device)
     model.train(was_training)
     res = {"eval_loss": sums[0] / max(sums[2], 1), "eval_accuracy": sums[1] / max(sums[2], 1),
            "eval_tokens": int(sums[2])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -21,8 +22,6 @@ RAPTR_4 = {"model": {"n_layers": 4},
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus_dir):
     """A baseline and a RaPTr run of the same tiny model, data and seed."""
-    import shutil
-
     from conftest import TINY, merged, to_toml
     from raptr_cli.cli.main import app
     from typer.testing import CliRunner
@@ -98,6 +97,36 @@ def test_compare_two_runs_writes_table_json_markdown_and_png(runs, cli, tmp_path
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     table = run_ok(cli, "compare", "--runs", runs["base"], "--runs", runs["raptr"], "--out", tmp_path / "t")
     assert "raptr" in table.stdout and "rel. FLOPs" in table.stdout
+
+
+def test_compare_aggregates_the_seeds_of_a_run(runs, cli, tmp_path):
+    # a stand-in for a second seed of the RaPTr run: its files with run.seed = 1 and every eval loss
+    # raised by 0.1, so the expected mean and range are known exactly (the aggregation is under test)
+    other = tmp_path / "raptr-seed1"
+    shutil.copytree(runs["raptr"], other)
+    recipe = (other / "recipe.toml").read_text()
+    assert "seed = 0" in recipe
+    (other / "recipe.toml").write_text(recipe.replace("seed = 0", "seed = 1", 1))
+    rows = [json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        if "eval_loss" in r:
+            r["eval_loss"] += 0.1
+    (other / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_ok(cli, "compare", "--runs", runs["base"], "--runs", runs["raptr"], "--runs", other,
+                 "--out", tmp_path / "cmp", "--json")
+    doc = json.loads(res.stdout)
+    one = next(r for r in doc["runs"] if r["run"] == str(runs["raptr"]))
+    groups = {g["name"]: g for g in doc["by_name"]}
+    assert groups["base"]["seeds"] == [0] and groups["raptr"]["seeds"] == [0, 1]
+    final = groups["raptr"]["final_eval_loss"]
+    assert final["min"] == pytest.approx(one["final_eval_loss"])
+    assert final["max"] == pytest.approx(one["final_eval_loss"] + 0.1)
+    assert final["mean"] == pytest.approx(one["final_eval_loss"] + 0.05)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Mean over seeds" in md and "| raptr | raptr | 3-4 | 0, 1 |" in md
+    table = run_ok(cli, "compare", "--runs", runs["base"], "--runs", runs["raptr"], "--runs", other,
+                   "--out", tmp_path / "cmp2")
+    assert "mean over seeds" in table.stdout
 
 
 def test_compare_runs_recipes_with_an_equal_flops_baseline(make_recipe, cli, tmp_path):

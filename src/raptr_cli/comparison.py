@@ -63,7 +63,31 @@ def compare_runs(run_dirs: list[Path]) -> dict:
     for r in runs:
         r["relative_flops"] = r["flops"] / ref_flops
         r["eval_loss_at_equal_flops"] = loss_at(r["curve"], equal)
-    return {"equal_flops": equal, "reference": base["run"] if base else None, "runs": runs}
+    result = {"equal_flops": equal, "reference": base["run"] if base else None, "runs": runs}
+    groups = by_name(runs)
+    if any(len(g["seeds"]) > 1 for g in groups):
+        result["by_name"] = groups
+    return result
+
+
+AGGREGATED = ("relative_flops", "final_eval_loss", "best_eval_loss", "eval_loss_at_equal_flops")
+
+
+def by_name(runs: list[dict]) -> list[dict]:
+    """Runs of the same name (the same recipe) over several seeds: mean, min and max of each figure."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["name"], []).append(r)
+    out = []
+    for name, rs in groups.items():
+        g = {"name": name, "method": rs[0]["method"], "schedule": rs[0]["schedule"],
+             "seeds": [r["seed"] for r in rs]}
+        for key in AGGREGATED:
+            vals = [r[key] for r in rs if r[key] is not None]
+            g[key] = ({"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}
+                      if len(vals) == len(rs) else None)
+        out.append(g)
+    return out
 
 
 def write_outputs(result: dict, out: Path) -> list[Path]:
@@ -79,14 +103,30 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
             f"| {r['name']} | {r['method']} | {r['schedule']} | {r['relative_flops']:.3f} | {r['wall_s']:.1f} | "
             f"{r['tokens_per_s']:,.0f} | {r['final_eval_loss']:.4f} | {'-' if best is None else f'{best:.4f}'} | "
             f"{'-' if eq is None else f'{eq:.4f}'} | {', '.join(f'{j:+.3f}' for j in r['transition_jumps']) or '-'} |")
+    if "by_name" in result:
+        lines += ["", "Mean over seeds (min - max):", "",
+                  "| run | method | schedule | seeds | rel. FLOPs | final eval | best eval | eval @ equal FLOPs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for g in result["by_name"]:
+            cells = [spread(g[k], 3 if k == "relative_flops" else 4) for k in AGGREGATED]
+            lines.append(f"| {g['name']} | {g['method']} | {g['schedule']} | {', '.join(map(str, g['seeds']))} | "
+                         + " | ".join(cells) + " |")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     written = [out / "compare.json", out / "compare.md"]
     png = plot(result, out / "loss_vs_flops.png")
     return written + ([png] if png else [])
 
 
+def spread(stat: dict | None, digits: int = 4) -> str:
+    """"mean (min - max)" of a `by_name` figure."""
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f} ({stat['min']:.{digits}f} - {stat['max']:.{digits}f})"
+
+
 def plot(result: dict, path: Path) -> Path | None:
-    """Eval loss against cumulative FLOPs, one line per run, stage boundaries marked."""
+    """Eval loss against cumulative FLOPs, one line per run, stage boundaries marked; runs of the
+    same name over several seeds share a colour (one solid line, the others dashed)."""
     try:
         import matplotlib
 
@@ -95,15 +135,22 @@ def plot(result: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
+    colours: dict[str, str] = {}
     for r in result["runs"]:
         xs = [f for f, _, _ in r["curve"]]
         ys = [l for _, l, _ in r["curve"]]
-        (line,) = ax.plot(xs, ys, marker="o", ms=3, label=f"{r['name']} ({r['method']} {r['schedule']})")
-        for f in r["stage_flops"]:
+        first = r["name"] not in colours
+        label = f"{r['name']} ({r['method']} {r['schedule']})" if first else None
+        (line,) = ax.plot(xs, ys, marker="o", ms=3, label=label, color=colours.get(r["name"]),
+                          ls="-" if first else "--")
+        colours.setdefault(r["name"], line.get_color())
+        for f in r["stage_flops"] if first else []:
             ax.axvline(f, color=line.get_color(), ls=":", lw=0.8)
     ax.set_xlabel("training FLOPs (layers that ran)")
     ax.set_ylabel("full-model eval loss")
-    ax.set_title("eval loss vs FLOPs (dotted: stage boundaries)")
+    seeds = sorted({r["seed"] for r in result["runs"]})
+    ax.set_title("eval loss vs FLOPs (dotted: stage boundaries"
+                 + (f"; seeds {', '.join(map(str, seeds))}: first solid, others dashed)" if len(seeds) > 1 else ")"))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -64,7 +64,18 @@ def _print_table(result: dict) -> None:
         t.add_row(r["name"], r["method"], r["schedule"], f"{r['relative_flops']:.3f}", f"{r['wall_s']:.1f}",
                   f"{r['tokens_per_s']:,.0f}", f4(r["final_eval_loss"]), f4(r["best_eval_loss"]),
                   f4(r["eval_loss_at_equal_flops"]), " ".join(f"{j:+.3f}" for j in r["transition_jumps"]) or "-")
-    Console(width=None if sys.stdout.isatty() else 200).print(t)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(t)
+    if "by_name" in result:
+        from ..comparison import AGGREGATED, spread
+
+        g_t = Table(title="mean over seeds (min - max)", title_justify="left")
+        for col in ("run", "method", "schedule", "seeds", "rel. FLOPs", "final eval", "best eval", "eval @ equal FLOPs"):
+            g_t.add_column(col, justify="left" if col in ("run", "method", "schedule", "seeds") else "right")
+        for g in result["by_name"]:
+            g_t.add_row(g["name"], g["method"], g["schedule"], ", ".join(map(str, g["seeds"])),
+                        *(spread(g[k], 3 if k == "relative_flops" else 4) for k in AGGREGATED))
+        console.print(g_t)
 
 
 def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool, quiet: bool) -> list[Path]:

@@ -137,6 +137,11 @@ def test_compare_runs_recipes_with_an_equal_flops_baseline(make_recipe, cli, tmp
     assert set(names) == {"b", "r", "b-equiflop-r"}
     eq = names["b-equiflop-r"]
     assert eq["steps"] < 8 and abs(eq["flops"] - names["r"]["flops"]) / names["r"]["flops"] < 0.1
+    # FLOPs are relative to the full baseline, whatever order the runs come in
+    again = json.loads(run_ok(cli, "compare", "--runs", tmp_path / "b-equiflop-r", "--runs", tmp_path / "b",
+                              "--out", tmp_path / "again", "--json").stdout)
+    rel = {r["name"]: r["relative_flops"] for r in again["runs"]}
+    assert rel["b"] == pytest.approx(1.0) and rel["b-equiflop-r"] < 1.0
 
 
 def test_ul2_raptr_trains_through_the_trainer(make_recipe, cli, tmp_path):

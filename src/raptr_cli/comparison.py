@@ -57,7 +57,8 @@ def loss_at(curve: list[tuple], flops: float) -> float | None:
 
 def compare_runs(run_dirs: list[Path]) -> dict:
     runs = [summarize(Path(d)) for d in run_dirs]
-    base = next((r for r in runs if r["method"] == "baseline"), None)
+    # the reference is the full baseline: the baseline run with the most FLOPs, not a shortened one
+    base = max((r for r in runs if r["method"] == "baseline"), key=lambda r: r["flops"], default=None)
     ref_flops = base["flops"] if base else max(r["flops"] for r in runs)
     equal = min(r["flops"] for r in runs)  # every curve reaches this point
     for r in runs:

@@ -83,8 +83,9 @@ class StepBench:
         self.ids[:, 0], self.ids[:, -1] = 2, 3
         self.vocab, self.tokens = vocab, batch * seq_len
         self.n_step = 0
-        # as the Trainer does: the next batches are masked in a background thread during the step
-        self.batches = Prefetcher(self._batch, 0, 2**62, pin=self.device.type == "cuda")
+        # as the Trainer does: on a GPU the next batches are masked in a background thread
+        cuda = self.device.type == "cuda"
+        self.batches = Prefetcher(self._batch, 0, 2**62, pin=cuda, background=cuda)
 
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         inputs, labels = self.masked(step)

@@ -87,3 +87,17 @@ def test_gather_labelled_with_no_labels_is_empty():
     labels = torch.full((2, 3), -100)
     h, y = gather_labelled(x, labels, labelled_index(labels))
     assert h.shape == (0, 4) and y.shape == (0,)
+
+
+def test_inline_prefetcher_builds_on_demand_with_the_same_contract():
+    built: list[int] = []
+
+    def make(step: int) -> int:
+        built.append(step)
+        return step * 10
+
+    with Prefetcher(make, 3, 6, background=False) as p:
+        assert built == []  # nothing ahead of time
+        assert [p.get(s) for s in (3, 4)] == [30, 40] and built == [3, 4]
+        with pytest.raises(RuntimeError, match="out of order"):
+            p.get(9)

@@ -314,7 +314,8 @@ class Trainer:
             n_global = int((batch["labels"] != -100).sum())
             return {k: v[lo:hi] for k, v in batch.items()}, n_global
 
-        with Prefetcher(make_batch, self.step, t.steps, pin=self.device.type == "cuda") as batches:
+        cuda = self.device.type == "cuda"  # a thread pays only when a GPU runs the step (prefetch.py)
+        with Prefetcher(make_batch, self.step, t.steps, pin=cuda, background=cuda) as batches:
             return self._loop(batches, B, micro, params, stats)
 
     def _loop(self, batches: Prefetcher, B: int, micro: int, params: list, stats: dict) -> dict:

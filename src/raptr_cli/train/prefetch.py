@@ -7,6 +7,11 @@ host work then overlaps the kernels of the step before instead of leaving the GP
 on an H100 with BERT-base: 7-9% of step time spent building batches in the loop, see
 docs/benchmarks.md), and pinned host memory lets the copy to the device run asynchronously. The
 trainer reports the time it still waits for a batch as `data_share`.
+
+Without a GPU there is nothing to overlap with: the host computes the step itself, and a second
+thread's OpenMP team (spinning after each masking op) only competes with the step's threads for
+the cores (on the 2-core dev box the path benchmarks turned erratic). So `background=False`, the
+trainer's choice on CPU, builds each batch when it is asked for, through the same interface.
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ class Prefetcher:
     """
 
     def __init__(self, make: Callable[[int], Any], start: int, stop: int, *, pin: bool = False,
-                 depth: int = 2):
+                 depth: int = 2, background: bool = True):
         self._make, self._pin = make, pin
+        self._next, self._stop_at = start, stop
         self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(start, stop), name="raptr-prefetch",
-                                        daemon=True)
-        self._thread.start()
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._work, args=(start, stop), name="raptr-prefetch",
+                                            daemon=True)
+            self._thread.start()
 
     def _put(self, entry: tuple) -> bool:
         while not self._stop.is_set():
@@ -66,6 +74,12 @@ class Prefetcher:
             self._put((None, None, e))
 
     def get(self, step: int) -> Any:
+        if self._thread is None:  # inline: the same order contract, built on demand
+            if step != self._next or step >= self._stop_at:
+                raise RuntimeError(f"prefetcher out of order: asked for step {step}, next is {self._next}")
+            self._next += 1
+            item = self._make(step)
+            return _pinned(item) if self._pin else item
         got, item, err = self._q.get()
         if err is not None:
             raise err
@@ -75,6 +89,8 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
+        if self._thread is None:
+            return
         while True:  # unblock a worker waiting on a full queue
             try:
                 self._q.get_nowait()

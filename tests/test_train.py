@@ -131,7 +131,7 @@ def _model_and_optimizer(seed: int) -> tuple[BertForMaskedLM, torch.optim.Optimi
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model, opt = _model_and_optimizer(0)
-    path = ckpt.save_checkpoint(tmp_path, 3, model, opt, {"tokens": 7, "depth": 2}, "bert", keep=2)
+    path = ckpt.save_checkpoint(tmp_path, 3, model, opt.state_dict(), {"tokens": 7, "depth": 2}, "bert", keep=2)
     assert path == tmp_path / "checkpoints" / "step-0000003"
     info = ckpt.read_state(path)
     assert info["state"] == {"tokens": 7, "depth": 2, "step": 3} and info["config"]["arch"] == "bert"
@@ -148,14 +148,14 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 def test_a_failed_save_leaves_no_checkpoint_under_a_real_name(tmp_path: Path, monkeypatch) -> None:
     model, opt = _model_and_optimizer(0)
-    first = ckpt.save_checkpoint(tmp_path, 1, model, opt, {}, "bert", keep=0)
+    first = ckpt.save_checkpoint(tmp_path, 1, model, opt.state_dict(), {}, "bert", keep=0)
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", crash)  # dies after model.safetensors was written
     with pytest.raises(OSError, match="disk full"):
-        ckpt.save_checkpoint(tmp_path, 2, model, opt, {}, "bert", keep=0)
+        ckpt.save_checkpoint(tmp_path, 2, model, opt.state_dict(), {}, "bert", keep=0)
     assert ckpt.list_checkpoints(tmp_path) == [first]  # the half-written one is invisible
     assert not (tmp_path / "checkpoints" / "step-0000002").exists()
     assert ckpt.read_state(first)["state"]["step"] == 1
@@ -164,13 +164,13 @@ def test_a_failed_save_leaves_no_checkpoint_under_a_real_name(tmp_path: Path, mo
 def test_checkpoints_are_pruned_to_keep(tmp_path: Path) -> None:
     model, opt = _model_and_optimizer(0)
     for step in (2, 4, 6):
-        ckpt.save_checkpoint(tmp_path, step, model, opt, {}, "bert", keep=2)
+        ckpt.save_checkpoint(tmp_path, step, model, opt.state_dict(), {}, "bert", keep=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-0000004", "step-0000006"]
 
 
 def test_incomplete_or_mismatched_checkpoints_are_user_errors(tmp_path: Path) -> None:
     model, opt = _model_and_optimizer(0)
-    path = ckpt.save_checkpoint(tmp_path, 1, model, opt, {}, "bert", keep=0)
+    path = ckpt.save_checkpoint(tmp_path, 1, model, opt.state_dict(), {}, "bert", keep=0)
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])  # a copy cut short (full disk, partial rsync)
     with pytest.raises(UserError, match="model.safetensors"):

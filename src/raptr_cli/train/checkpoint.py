@@ -45,8 +45,9 @@ def write_model_dir(path: Path, model: torch.nn.Module, arch: str, extra: dict |
     (path / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, state: dict, arch: str, keep: int) -> Path:
-    """Atomically write checkpoint `step` under root/checkpoints; prune to the newest `keep`."""
+def save_checkpoint(root: Path, step: int, model, optimizer_state: dict, state: dict, arch: str, keep: int) -> Path:
+    """Atomically write checkpoint `step` under root/checkpoints; prune to the newest `keep`.
+    `optimizer_state`: `optimizer.state_dict()`, or a sharded run's gathered full state dict."""
     ckpts = root / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     final = ckpts / f"{PREFIX}{step:07d}"
@@ -55,8 +56,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, state: dict, arch: 
         shutil.rmtree(tmp)
     tmp.mkdir()
     write_model_dir(tmp, model, arch)
-    # a sharded run passes its gathered (full) optimizer state dict instead of the optimizer
-    torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
     # size and sha256 of every file: truncation (a full disk, a partial rsync) and silent corruption
     # are caught at load (hashing costs about 1 s per GB)

@@ -22,7 +22,7 @@ from ..schedule import Plan, build_plan
 from . import checkpoint as ckpt
 from .data_setup import RunData, prepare_data
 from .metrics import JsonlSink, MetricsLogger, Sink, TrackerSink
-from .rundir import prepare_out_dir  # noqa: F401 (re-exported for callers)
+from .rundir import prepare_out_dir, resolved_toml, write_recipe  # noqa: F401 (re-exported for callers)
 from .optim import build_optimizer, lr_factor, warmup_steps_of
 from .prefetch import Prefetcher
 from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
@@ -247,22 +247,28 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # its random init must not move the run's RNG
             return build_model(cfg)
 
-    def _gathered(self, with_optimizer: bool = True) -> tuple[torch.nn.Module | None, dict | None]:
+    def _gathered(self) -> tuple[torch.nn.Module | None, dict | None]:
         """Sharded runs: the full model (as a plain CPU model) and optimizer state on rank 0, None
         elsewhere. A collective: every rank calls it."""
-        msd, osd = full_state(self.model, self.opt if with_optimizer else None)
+        msd, osd = full_state(self.model, self.opt)
         if not self.acc.is_main_process:
             return None, None
         plain = self._plain_model()
         plain.load_state_dict(msd)
         return plain, osd
 
-    def _checkpoint(self) -> Path | None:
-        model, opt = (self._gathered() if self.sharded else (self.model, self.opt))
+    def _full(self) -> tuple[torch.nn.Module | None, dict | None]:
+        """The full model and optimizer state to save (rank 0; a collective when sharded)."""
+        if self.sharded:
+            return self._gathered()
+        return self.model, self.opt.state_dict() if self.acc.is_main_process else None
+
+    def _checkpoint(self, full: tuple | None = None) -> Path | None:
+        model, opt_state = full or self._full()
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return None
-        path = ckpt.save_checkpoint(self.out, self.step, model, opt, self.state, self.r.model.arch,
+        path = ckpt.save_checkpoint(self.out, self.step, model, opt_state, self.state, self.r.model.arch,
                                     self.r.train.keep_checkpoints)
         self.log.log({"event": "checkpoint", "step": self.step, "path": str(path.relative_to(self.out))})
         self.acc.wait_for_everyone()
@@ -416,8 +422,9 @@ class Trainer:
 
     def _finish(self) -> dict:
         ev = self.last_eval if self.last_eval and self.last_eval["step"] == self.step else self._eval()
-        self._checkpoint()
-        model = self._gathered(with_optimizer=False)[0] if self.sharded else self.model
+        full = self._full()  # gathered once, for the last checkpoint and final/
+        self._checkpoint(full)
+        model = full[0]
         if self.acc.is_main_process:
             final = self.out / "final"
             tmp = self.out / ".final.tmp"
@@ -448,26 +455,3 @@ def _mean_over_ranks(loss: torch.Tensor) -> float:
     t = loss.detach().clone()
     dist.all_reduce(t)  # each rank's share already sums to the global mean
     return float(t)
-
-
-def resolved_toml(recipe: Recipe) -> str:
-    """The resolved recipe as TOML, with local paths made absolute so it reruns from anywhere."""
-    from ..recipe import replace
-
-    def absolute(spec: str) -> str:
-        if not spec or ":" in spec.split("/")[0]:  # builtin:..., hf:...
-            return spec
-        return str(spec if Path(spec).is_absolute() else (recipe.base_dir / spec).resolve())
-
-    data = replace(recipe).data
-    import dataclasses
-
-    fixed = replace(recipe,
-                    data=dataclasses.replace(data, train=[absolute(s) for s in data.train],
-                                             eval=[absolute(s) for s in data.eval]),
-                    tokenizer=dataclasses.replace(recipe.tokenizer, path=absolute(recipe.tokenizer.path)))
-    return fixed.to_toml()
-
-
-def write_recipe(recipe: Recipe, out: Path) -> None:
-    (out / "recipe.toml").write_text(resolved_toml(recipe))

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
+from ..recipe import Recipe
 from . import checkpoint as ckpt
 
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final")
@@ -72,3 +73,26 @@ def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> Staged:
         for m in present:
             os.replace(out / m, moved / m)
     return Staged(out, moved)
+
+
+def resolved_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML, with local paths made absolute so it reruns from anywhere."""
+    from ..recipe import replace
+
+    def absolute(spec: str) -> str:
+        if not spec or ":" in spec.split("/")[0]:  # builtin:..., hf:...
+            return spec
+        return str(spec if Path(spec).is_absolute() else (recipe.base_dir / spec).resolve())
+
+    data = replace(recipe).data
+    import dataclasses
+
+    fixed = replace(recipe,
+                    data=dataclasses.replace(data, train=[absolute(s) for s in data.train],
+                                             eval=[absolute(s) for s in data.eval]),
+                    tokenizer=dataclasses.replace(recipe.tokenizer, path=absolute(recipe.tokenizer.path)))
+    return fixed.to_toml()
+
+
+def write_recipe(recipe: Recipe, out: Path) -> None:
+    (out / "recipe.toml").write_text(resolved_toml(recipe))

@@ -124,3 +124,51 @@ def test_fsdp_refuses_stacking_and_unsupported_options(runs):
     res = _run([*FSDP[:-4], "--fsdp_offload_params", "true", *FSDP[-4:], RAPTR, "pretrain",
                 str(ROOT / "recipes/bert-tiny-raptr.toml"), "--out", str(tmp / "fsdp-offload"), *SETS, *data], env)
     assert res.returncode != 0 and "parameter offloading" in res.stderr
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _logged_steps(out: Path) -> int:
+    try:
+        return sum('"loss"' in line for line in (out / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through /proc (Linux)")
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(runs):
+    """A scheduler may signal only some workers. The ranks agree on the stop, so all of them save the
+    same step and exit 130 (none is left waiting in a collective), and the resume finishes exactly."""
+    import signal
+    import time
+
+    tmp, env, recipe, data = runs
+    sets = [*SETS, "--set", "train.steps=600", "--set", "train.checkpoint_every=0"]
+    launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", RAPTR, "pretrain", recipe]
+    out = tmp / "signalled"
+    proc = subprocess.Popen([*launch, "--out", str(out), *sets, *data], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _logged_steps(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert proc.poll() is None and len(workers) == 2, "the run ended before it could be signalled"
+    os.kill(workers[-1], signal.SIGTERM)  # one worker only; the other never sees a signal
+    _, err = proc.communicate(timeout=120)
+    # the launcher reports the first worker to exit (130) and stops the other, which has saved by then
+    assert "exitcode  : 130" in err and "Traceback" not in err.split("interrupted at step")[0], err[-3000:]
+    assert not (out / "final").exists()
+    (saved,) = (out / "checkpoints").iterdir()
+    step = int(saved.name.split("-")[1])
+    assert 0 < step < 600 and f'"step": {step}' in (saved / "trainer_state.json").read_text()
+    assert err.count(f"interrupted at step {step}") == 1  # said once, by the main process
+    res = _run([*launch, "--out", str(out), *sets, *data, "--resume"], env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    whole = _run([*launch, "--out", str(tmp / "unsignalled"), *sets, *data], env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a = load_file(str(out / "final" / "model.safetensors"))
+    b = load_file(str(tmp / "unsignalled" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -158,7 +158,8 @@ def pretrain(
             sink.show_plan(describe_run(r, vocab_size=trainer.data.vocab_size), resumed_at=trainer.step if resume else None)
         trainer.run()
     except Interrupted as e:
-        console.error(str(e)) if r.log.console == "none" else console.warn(str(e))
+        if acc.is_main_process:  # every rank stops after the same step; one says so
+            console.error(str(e)) if r.log.console == "none" else console.warn(str(e))
         raise typer.Exit(130) from None
     except TrainingDiverged as e:
         console.error(str(e))

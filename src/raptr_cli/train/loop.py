@@ -117,7 +117,7 @@ class Trainer:
         self._build(self.state["depth"])
         self.step = 0
         self.last_eval: dict | None = None
-        self._stop_signal = 0
+        self._stop_signal, self._stop_at = 0, 0.0
         if self.resume_from is not None:  # before any sink: a refused resume must touch no file
             self._load(self.resume_from)
         sinks: list[Sink] = []
@@ -288,14 +288,34 @@ class Trainer:
         return row
 
     def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal:  # second Ctrl-C: abort at once
+        now = time.monotonic()
+        # A second Ctrl-C aborts at once. One within a second of the first is the same request
+        # arriving twice: under `accelerate launch` the terminal signals every worker and the
+        # launcher then forwards the signal it got, and that must not cost the checkpoint.
+        if self._stop_signal and now - self._stop_at > 1.0:
             raise KeyboardInterrupt
-        self._stop_signal = signum
+        if not self._stop_signal:
+            self._stop_signal, self._stop_at = signum, now
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was signalled. One process: its own flag. Several: the largest flag over
+        the ranks (a one-float all-reduce per step), so a signal that reached only some ranks still
+        stops all of them after the same step instead of leaving the others waiting in a collective."""
+        if self.world == 1:
+            return bool(self._stop_signal)
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(self._stop_signal)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        # decide on the reduced value only: a signal landing after the all-reduce counts next step
+        agreed = int(flag.item())
+        self._stop_signal = self._stop_signal or agreed
+        return agreed != 0
 
     def run(self) -> dict:
-        r, t = self.r, self.r.train
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
-            if self.acc.is_main_process and self.world == 1 else {}
+        # every rank listens: a launcher or scheduler may signal all of them or only some; the ranks
+        # agree on the stop after each step (_stop_agreed), so they all save the same step and exit
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._run()
         finally:
@@ -397,9 +417,10 @@ class Trainer:
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
                 self._checkpoint()
             window_t += time.perf_counter() - t_side  # throughput windows count training time only
-            if self._stop_signal:
+            if self._stop_agreed():
                 path = self._checkpoint()
-                raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to {path}")
+                where = f"; checkpoint saved to {path}" if path is not None else ""
+                raise Interrupted(f"interrupted at step {self.step}{where}")
         return self._finish()
 
     def _stage_end(self, stage, s: dict) -> None:

@@ -127,6 +127,26 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, make_recipe, tmp_path: 
     assert not (tmp_path / "planned").exists() and not (tmp_path / "runs").exists()
 
 
+def test_dry_run_memory_is_per_process_under_a_launch(cli, monkeypatch) -> None:
+    """Under `accelerate launch` the memory figure is one process's: its share of the batch, and with
+    FSDP its share of the weights and AdamW state plus the units it gathers to compute."""
+    def memory(**env) -> dict:
+        for k in ("WORLD_SIZE", "ACCELERATE_USE_FSDP"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        args = ["pretrain", "recipes/bert-base-raptr.toml", "--dry-run", "--json", "--set", "train.micro_batch_size=0"]
+        return json.loads(run_ok(cli, *args).stdout)["memory"]
+
+    one, dp, fsdp = memory(), memory(WORLD_SIZE="8"), memory(WORLD_SIZE="8", ACCELERATE_USE_FSDP="true")
+    assert (one["processes"], dp["processes"], fsdp["processes"]) == (1, 8, 8)
+    assert dp["activations_gib"] == pytest.approx(one["activations_gib"] / 8)  # 256 / 8 sequences each
+    assert dp["weights_optimizer_gib"] == one["weights_optimizer_gib"]  # replicated: all of it everywhere
+    assert fsdp["activations_gib"] == dp["activations_gib"] and not dp["sharded"] and fsdp["sharded"]
+    # 16 B/param over 8 ranks, plus 4 B/param gathered for the embeddings/head and two blocks
+    assert one["weights_optimizer_gib"] / 8 < fsdp["weights_optimizer_gib"] < one["weights_optimizer_gib"] / 2
+
+
 def test_dry_run_json_is_one_valid_document(cli, make_recipe) -> None:
     res = run_ok(cli, "pretrain", make_recipe(RAPTR_4), "--dry-run", "--json", "--set", "train.steps=8")
     plan = json.loads(res.stdout)  # nothing but the JSON on stdout

@@ -4,6 +4,7 @@ the start of every run, and `raptr flops`). Import-light: torch only when a meta
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import flops as F
@@ -81,16 +82,37 @@ def head_fraction(recipe: Recipe) -> float:
     return frac
 
 
-def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool) -> dict[str, float]:
-    """Rough training memory in GiB: fp32 weights+grads+AdamW (16 B/param) and full-path
-    activations (~34 h bytes-per-half-precision-value per token per layer, Korthikanti et al. 2022,
-    flash attention assumed; doubled for fp32)."""
+def env_flag(name: str, default: str = "false") -> bool:
+    """A boolean setting from the environment, as accelerate's launcher writes them."""
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
+
+
+def launch_layout() -> tuple[int, bool]:
+    """(processes, sharded) of the launch this process belongs to: `accelerate launch` sets
+    WORLD_SIZE and, with --use_fsdp, ACCELERATE_USE_FSDP. A plain `raptr` call is (1, False)."""
+    try:
+        processes = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        processes = 1
+    return processes, processes > 1 and env_flag("ACCELERATE_USE_FSDP")
+
+
+def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool, processes: int = 1,
+                    sharded: bool = False) -> dict[str, float]:
+    """Rough training memory of ONE process in GiB: fp32 weights+grads+AdamW (16 B/param, split
+    over the processes when sharded) and full-path activations of one micro-batch of this rank's
+    share of the global batch (~34 h bytes-per-half-precision-value per token per layer,
+    Korthikanti et al. 2022, flash attention assumed; doubled for fp32)."""
     t = recipe.train
-    per_rank_micro = t.micro_batch_size or t.batch_size
+    per_rank_micro = t.micro_batch_size or max(1, t.batch_size // processes)
     act_bytes = 34 * cfg.hidden_size * t.seq_len * per_rank_micro * cfg.num_layers * (1 if bf16 else 2)
+    state_bytes = 16 * params / processes if sharded else 16 * params
+    if sharded:  # gathered while they compute: the root unit (embeddings, head) and two blocks
+        block = param_count(cfg)["per_layer"]  # (the running one and the one FSDP prefetches)
+        state_bytes += 4 * (params - cfg.num_layers * block + 2 * block)
     gib = 1024**3
-    return {"weights_optimizer_gib": 16 * params / gib, "activations_gib": act_bytes / gib,
-            "total_gib": (16 * params + act_bytes) / gib}
+    return {"weights_optimizer_gib": state_bytes / gib, "activations_gib": act_bytes / gib,
+            "total_gib": (state_bytes + act_bytes) / gib, "processes": processes, "sharded": sharded}
 
 
 def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool = False) -> dict:
@@ -125,7 +147,7 @@ def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool
         "stages": stages,
         "total_flops": fl["total_flops"], "baseline_flops": fl["baseline_flops"],
         "ratio": fl["ratio"], "speedup": fl["speedup"], "layers_only": fl["layers_only"],
-        "memory": memory_estimate(recipe, cfg, pc["total"], bf16=t.precision == "bf16"),
+        "memory": memory_estimate(recipe, cfg, pc["total"], t.precision == "bf16", *launch_layout()),
         "fixed_layers": plan.fixed, "sampler": plan.sampler, "scale": plan.scale,
         "warnings": list(recipe.warnings),
     }

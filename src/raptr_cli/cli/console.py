@@ -28,6 +28,14 @@ def f4(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _layout(mem: dict) -> str:
+    """How the memory figure splits over a launch: empty for one process."""
+    n = mem.get("processes", 1)
+    if n == 1:
+        return ""
+    return f" per process ({n} processes, {'sharded' if mem.get('sharded') else 'replicated'})"
+
+
 class Console:
     def __init__(self, mode: str = "rich"):
         self.mode = mode
@@ -79,7 +87,7 @@ class Console:
             f"{p['steps']} steps x {p['batch_size']} x {p['seq_len']} = {si(p['tokens'])} tokens | "
             f"FLOPs {si(p['total_flops'])} = {p['ratio']:.3f}x baseline "
             f"(speedup {p['speedup']:.3f}x whole model, {p['layers_only']['speedup']:.3f}x layers only) | "
-            f"memory ~{mem['total_gib']:.2f} GiB")
+            f"memory ~{mem['total_gib']:.2f} GiB{_layout(mem)}")
 
     # --- the Sink protocol ---------------------------------------------------------------------
     def log(self, row: dict) -> None:

@@ -28,10 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-
-
-def _flag(name: str, default: str = "false") -> bool:
-    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
+from ..planning import env_flag as _flag
 
 
 def fsdp_requested(accelerator=None) -> bool:

@@ -7,6 +7,11 @@
   trigger zero recompiles; reports the compiled/eager step-time ratio (on CPU it may not pay).
 - activations: bytes autograd saves for backward on a 6-of-12-layer path vs the full model
   (a skipped layer must hold none: expected ratio ~ the layer share plus the head's).
+- input pipeline: the share of step time the loop waits for its batch when the trainer's own
+  batch builder (`train.step.train_batch`: BERT-base recipe, 256 x 128 masked on the host) runs
+  ahead in the prefetch thread, as on a GPU, against building it inline. The GPU step is simulated
+  by a sleep of the measured H100 step time (the host is idle while kernels run); the real
+  kernel-launch work of an eager step would also compete for the GIL, which a sleep does not.
 """
 
 from __future__ import annotations
@@ -130,11 +135,47 @@ def activation_memory() -> list[dict]:
              "full_mb": full / 2**20, "six_mb": six / 2**20}]
 
 
+H100_STEP_S = 0.066  # compiled BERT-base full step, batch 256 x 128, bf16 (docs/benchmarks.md)
+
+
+def input_pipeline(steps: int) -> list[dict]:
+    from raptr_cli.recipe import load_recipe
+    from raptr_cli.train.objective import objective_for
+    from raptr_cli.train.prefetch import Prefetcher
+    from raptr_cli.train.step import train_batch
+
+    recipe = load_recipe(ROOT / "recipes/bert-base-raptr.toml")
+    B, T, V = recipe.train.batch_size, recipe.train.seq_len, 30522
+    specials = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+    objective = objective_for(recipe, specials, V)
+    blocks = torch.randint(5, V, (16 * B, T), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+
+    def make(step: int):
+        return train_batch(blocks, objective, B, recipe.run.seed, step)
+
+    share = {}
+    for background in (False, True):
+        waited = 0.0
+        with Prefetcher(make, 0, steps, background=background) as p:
+            if background:
+                time.sleep(H100_STEP_S)  # the first batch is built during start-up, as in the trainer
+            for step in range(steps):
+                t0 = time.perf_counter()
+                p.get(step)
+                waited += time.perf_counter() - t0
+                time.sleep(H100_STEP_S)  # the GPU computes; the host thread waits on it
+        share[background] = waited / (waited + steps * H100_STEP_S)
+    name = f"input pipeline: wait for data / step, BERT-base {B} x {T} masked on the host, simulated {H100_STEP_S * 1e3:.0f} ms GPU step"
+    return [{"name": f"{name}, built in the loop (before)", "measured": share[False], "target": None, "ok": True},
+            {"name": f"{name}, prefetch thread", "measured": share[True], "target": 0.02, "ok": share[True] < 0.02}]
+
+
 def rows(quick: bool = False) -> list[dict]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = startup(3 if quick else 5)
     rows += activation_memory()
     rows += compile_check(6 if quick else 20)
+    rows += input_pipeline(20 if quick else 50)
     return rows
 
 

@@ -27,7 +27,7 @@ from .optim import build_optimizer, lr_factor, warmup_steps_of
 from .prefetch import Prefetcher
 from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
 from .objective import objective_for
-from .step import evaluate, forward_backward, step_seed, sync_gradients
+from .step import evaluate, forward_backward, step_seed, sync_gradients, train_batch
 
 
 
@@ -332,13 +332,9 @@ class Trainer:
         stats = self.state["stage_stats"]
         if self.step == 0 and not stats:
             self._eval()
-        from ..data.packing import batch_indices
 
-        def make_batch(step: int) -> tuple[dict, int]:  # runs in the prefetch thread
-            rows = self.data.train[batch_indices(step, B, len(self.data.train), r.run.seed)]
-            batch, _ = self.objective.batch(rows, r.run.seed, step)
-            n_global = int((batch["labels"] != -100).sum())
-            return {k: v[lo:hi] for k, v in batch.items()}, n_global
+        def make_batch(step: int) -> tuple[dict, int]:  # runs in the prefetch thread on GPUs
+            return train_batch(self.data.train, self.objective, B, r.run.seed, step, lo, hi)
 
         cuda = self.device.type == "cuda"  # a thread pays only when a GPU runs the step (prefetch.py)
         with Prefetcher(make_batch, self.step, t.steps, pin=cuda, background=cuda) as batches:

@@ -32,6 +32,19 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def train_batch(blocks: torch.Tensor, objective, batch_size: int, seed: int, step: int, lo: int = 0,
+                hi: int | None = None) -> tuple[dict, int]:
+    """The inputs of optimizer step `step` (a pure function of (seed, step)): the step's rows of the
+    packed blocks, masked or corrupted by the objective, cut to this rank's rows [lo, hi), and the
+    number of labelled positions in the whole global batch (the loss is normalised by it)."""
+    from ..data.packing import batch_indices
+
+    rows = blocks[batch_indices(step, batch_size, len(blocks), seed)]
+    batch, _ = objective.batch(rows, seed, step)
+    n_global = int((batch["labels"] != -100).sum())
+    return {k: v[lo:hi] for k, v in batch.items()}, n_global
+
+
 def _rows(batch: dict, lo: int, hi: int, device: torch.device) -> dict:
     return {k: v[lo:hi].to(device, non_blocking=True) for k, v in batch.items()}
 

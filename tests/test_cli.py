@@ -130,21 +130,45 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, make_recipe, tmp_path: 
 def test_dry_run_memory_is_per_process_under_a_launch(cli, monkeypatch) -> None:
     """Under `accelerate launch` the memory figure is one process's: its share of the batch, and with
     FSDP its share of the weights and AdamW state plus the units it gathers to compute."""
-    def memory(**env) -> dict:
-        for k in ("WORLD_SIZE", "ACCELERATE_USE_FSDP"):
+    from raptr_cli.models import resolve_model_config
+    from raptr_cli.planning import param_count, recipe_vocab_size
+    from raptr_cli.recipe import load_recipe as load
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "bert-base-raptr.toml"
+
+    def memory(*sets: str, **env: str) -> dict:
+        for k in ("WORLD_SIZE", "ACCELERATE_USE_FSDP", "FSDP_SHARDING_STRATEGY", "FSDP_RESHARD_AFTER_FORWARD"):
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        args = ["pretrain", "recipes/bert-base-raptr.toml", "--dry-run", "--json", "--set", "train.micro_batch_size=0"]
-        return json.loads(run_ok(cli, *args).stdout)["memory"]
+        args = ["pretrain", recipe, "--dry-run", "--json", "--set", "train.precision=fp32"]
+        return json.loads(run_ok(cli, *args, *[a for kv in sets for a in ("--set", kv)]).stdout)["memory"]
 
-    one, dp, fsdp = memory(), memory(WORLD_SIZE="8"), memory(WORLD_SIZE="8", ACCELERATE_USE_FSDP="true")
+    whole = "train.micro_batch_size=0"  # the recipe's micro-batch is 32: no accumulation here
+    one, dp = memory(whole), memory(whole, WORLD_SIZE="8")
+    fsdp = memory(whole, WORLD_SIZE="8", ACCELERATE_USE_FSDP="true")
     assert (one["processes"], dp["processes"], fsdp["processes"]) == (1, 8, 8)
+    assert (one["micro_batch"], dp["micro_batch"]) == (256, 32)
     assert dp["activations_gib"] == pytest.approx(one["activations_gib"] / 8)  # 256 / 8 sequences each
-    assert dp["weights_optimizer_gib"] == one["weights_optimizer_gib"]  # replicated: all of it everywhere
     assert fsdp["activations_gib"] == dp["activations_gib"] and not dp["sharded"] and fsdp["sharded"]
-    # 16 B/param over 8 ranks, plus 4 B/param gathered for the embeddings/head and two blocks
-    assert one["weights_optimizer_gib"] / 8 < fsdp["weights_optimizer_gib"] < one["weights_optimizer_gib"] / 2
+    # replicated: all the state everywhere, plus the flat buffer the gradient all-reduce uses
+    assert dp["weights_optimizer_gib"] == pytest.approx(one["weights_optimizer_gib"] * 20 / 16)
+    r = load(recipe)
+    per_layer = param_count(resolve_model_config(r, vocab_size=recipe_vocab_size(r)))["per_layer"]
+    params = one["weights_optimizer_gib"] * 2**30 / 16
+    root = params - 12 * per_layer
+    # sharded: 1/8 of 16 B/param, the root unit gathered with its full gradient, two blocks gathered
+    expect = (16 * params / 8 + 8 * root + 4 * 2 * per_layer) / 2**30
+    assert fsdp["weights_optimizer_gib"] == pytest.approx(expect)
+    # parameters kept gathered between forward and backward: every block
+    kept = memory(whole, WORLD_SIZE="8", ACCELERATE_USE_FSDP="true", FSDP_SHARDING_STRATEGY="SHARD_GRAD_OP")
+    assert kept["weights_optimizer_gib"] == pytest.approx(expect + 4 * 10 * per_layer / 2**30)
+    # a micro-batch above this rank's share is capped by it, as the trainer chunks
+    assert memory(WORLD_SIZE="16")["micro_batch"] == 16
+    for k, v in {"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}.items():
+        monkeypatch.setenv(k, v)  # an unsupported FSDP option: refused as training would
+    res = cli("pretrain", recipe, "--dry-run")
+    assert res.exit_code == 2 and "parameter offloading" in res.output
 
 
 def test_dry_run_json_is_one_valid_document(cli, make_recipe) -> None:

@@ -333,6 +333,35 @@ def test_a_signal_finishes_the_step_saves_and_exits_130(signum, console, referen
     assert_same_run(out, reference("baseline"))
 
 
+def signal_during(monkeypatch, step: int) -> None:
+    """Deliver SIGTERM's effect (the handler's flag) while the optimizer step `step` (0-based) runs."""
+    real = Trainer._apply
+
+    def apply(self, step_, params, loss):
+        if step_ == step:
+            self._on_signal(signal.SIGTERM, None)
+        return real(self, step_, params, loss)
+
+    monkeypatch.setattr(Trainer, "_apply", apply)
+
+
+def test_a_signal_during_the_last_step_lets_the_run_finish(corpus_dir, cli, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    signal_during(monkeypatch, SMALL["train.steps"] - 1)
+    run_ok(cli, *pretrain_args("baseline", corpus_dir, out, **SMALL))  # exit 0, not 130
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_signal_on_a_checkpoint_step_saves_it_once(corpus_dir, cli, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    signal_during(monkeypatch, 5)  # step 6 is a checkpoint_every = 2 step
+    res = cli(*pretrain_args("baseline", corpus_dir, out, **SMALL))
+    assert res.exit_code == 130, res.output
+    saves = [r for r in read_rows(out) if r.get("event") == "checkpoint"]
+    assert [r["step"] for r in saves] == [2, 4, 6]
+    assert ckpt.read_state(ckpt.list_checkpoints(out)[-1])["state"]["step"] == 6
+
+
 # --- 5. NaN / inf -----------------------------------------------------------------------------------------
 
 SMALL = {"model.n_layers": 2, "train.steps": 12, "train.checkpoint_every": 2, "train.keep_checkpoints": 0,

@@ -87,36 +87,85 @@ def env_flag(name: str, default: str = "false") -> bool:
     return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
 
 
-def launch_layout() -> tuple[int, bool]:
-    """(processes, sharded) of the launch this process belongs to: `accelerate launch` sets
-    WORLD_SIZE and, with --use_fsdp, ACCELERATE_USE_FSDP. A plain `raptr` call is (1, False)."""
+def fsdp_options() -> dict:
+    """The accelerate FSDP settings raptr honours (from the launcher's environment); unsupported
+    ones are a UserError."""
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").strip().upper()
+    strategy = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "HYBRID_SHARD",
+                "5": "HYBRID_SHARD_ZERO2"}.get(strategy, strategy)
+    problems = []
+    if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP"):
+        problems.append(f"sharding strategy {strategy} (raptr supports FULL_SHARD and SHARD_GRAD_OP; "
+                        "for no sharding launch with --multi_gpu instead)")
+    if env_flag("FSDP_OFFLOAD_PARAMS"):
+        problems.append("parameter offloading to CPU (fsdp_offload_params)")
+    if env_flag("FSDP_ACTIVATION_CHECKPOINTING"):
+        problems.append("activation checkpointing (fsdp_activation_checkpointing)")
+    if problems:
+        raise UserError("the accelerate FSDP configuration asks for what raptr does not support",
+                        hint="Change these settings in `accelerate config` (or the launch flags) and "
+                             "launch again.", problems=problems)
+    reshard = strategy == "FULL_SHARD"
+    if "FSDP_RESHARD_AFTER_FORWARD" in os.environ and strategy == "FULL_SHARD":
+        reshard = env_flag("FSDP_RESHARD_AFTER_FORWARD", "true")
+    return {"reshard_after_forward": reshard}
+
+
+SINGLE = {"processes": 1, "sharded": False, "reshard_after_forward": True}
+
+
+def launch_layout() -> dict:
+    """How the launch this process belongs to splits the run: `accelerate launch` sets WORLD_SIZE
+    and, with --use_fsdp, ACCELERATE_USE_FSDP and the FSDP options (validated here, so a dry run
+    under the launcher refuses what training would). A plain `raptr` call is SINGLE."""
     try:
         processes = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         processes = 1
-    return processes, processes > 1 and env_flag("ACCELERATE_USE_FSDP")
+    sharded = processes > 1 and env_flag("ACCELERATE_USE_FSDP")
+    reshard = fsdp_options()["reshard_after_forward"] if sharded else True
+    return {"processes": processes, "sharded": sharded, "reshard_after_forward": reshard}
 
 
-def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool, processes: int = 1,
-                    sharded: bool = False) -> dict[str, float]:
-    """Rough training memory of ONE process in GiB: fp32 weights+grads+AdamW (16 B/param, split
-    over the processes when sharded) and full-path activations of one micro-batch of this rank's
-    share of the global batch (~34 h bytes-per-half-precision-value per token per layer,
-    Korthikanti et al. 2022, flash attention assumed; doubled for fp32)."""
+def effective_precision(precision: str, cuda: bool) -> str:
+    """The recipe's train.precision with "auto" resolved: bf16 autocast on GPUs, fp32 on CPUs."""
+    return precision if precision != "auto" else ("bf16" if cuda else "fp32")
+
+
+def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool, layout: dict = SINGLE) -> dict:
+    """Rough training memory of ONE process in GiB (a lower bound: allocator slack, the CUDA
+    context and temporary buffers come on top):
+    - state: fp32 weights + grads + AdamW moments, 16 B/param (split over the processes when
+      sharded); replicated runs add the flat 4 B/param buffer of the gradient all-reduce; sharded
+      runs add the units gathered to compute (the root unit with the embeddings and head, and
+      its unsharded gradient; two blocks, or every block when parameters stay gathered between
+      forward and backward);
+    - activations of one micro-batch (at most this rank's share of the global batch) over the
+      full path, ~34 h bytes-per-half-precision-value per token per layer (Korthikanti et al.
+      2022, flash attention assumed; doubled for fp32)."""
     t = recipe.train
-    per_rank_micro = t.micro_batch_size or max(1, t.batch_size // processes)
-    act_bytes = 34 * cfg.hidden_size * t.seq_len * per_rank_micro * cfg.num_layers * (1 if bf16 else 2)
-    state_bytes = 16 * params / processes if sharded else 16 * params
-    if sharded:  # gathered while they compute: the root unit (embeddings, head) and two blocks
-        block = param_count(cfg)["per_layer"]  # (the running one and the one FSDP prefetches)
-        state_bytes += 4 * (params - cfg.num_layers * block + 2 * block)
+    n, sharded = layout["processes"], layout["sharded"]
+    per_rank = max(1, t.batch_size // n)
+    micro = min(t.micro_batch_size or per_rank, per_rank)  # as forward_backward chunks it
+    act_bytes = 34 * cfg.hidden_size * t.seq_len * micro * cfg.num_layers * (1 if bf16 else 2)
+    if sharded:
+        block = param_count(cfg)["per_layer"]
+        root = params - cfg.num_layers * block
+        gathered = 2 if layout["reshard_after_forward"] else cfg.num_layers
+        state_bytes = 16 * params / n + 4 * gathered * block + 8 * root
+    else:
+        state_bytes = 16 * params + (4 * params if n > 1 else 0)
     gib = 1024**3
     return {"weights_optimizer_gib": state_bytes / gib, "activations_gib": act_bytes / gib,
-            "total_gib": (state_bytes + act_bytes) / gib, "processes": processes, "sharded": sharded}
+            "total_gib": (state_bytes + act_bytes) / gib, "processes": n, "sharded": sharded,
+            "micro_batch": micro}
 
 
-def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool = False) -> dict:
-    """Everything a user should know before spending compute, as a JSON-able dict."""
+def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool = False,
+                 layout: dict = SINGLE, precision: str | None = None) -> dict:
+    """Everything a user should know before spending compute, as a JSON-able dict. The memory
+    figure is per process of `layout` (launch_layout(), or the trainer's) at `precision` (the
+    recipe's when None, "auto" counted as fp32 without a device to resolve it)."""
     vocab = vocab_size or recipe_vocab_size(recipe)
     cfg = resolve_model_config(recipe, vocab_size=vocab)
     t = recipe.train
@@ -147,7 +196,7 @@ def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool
         "stages": stages,
         "total_flops": fl["total_flops"], "baseline_flops": fl["baseline_flops"],
         "ratio": fl["ratio"], "speedup": fl["speedup"], "layers_only": fl["layers_only"],
-        "memory": memory_estimate(recipe, cfg, pc["total"], t.precision == "bf16", *launch_layout()),
+        "memory": memory_estimate(recipe, cfg, pc["total"], (precision or t.precision) == "bf16", layout),
         "fixed_layers": plan.fixed, "sampler": plan.sampler, "scale": plan.scale,
         "warnings": list(recipe.warnings),
     }

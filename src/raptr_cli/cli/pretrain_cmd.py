@@ -111,7 +111,14 @@ def pretrain(
                     resolve_data_files(specs, r.base_dir, key)
             except UserError as e:
                 console.warn(f"{e.message} (training would stop here: {e.hint})")
-        plan = describe_run(r, meta_model=True)  # contract: the dry run builds the model on the meta device
+        import torch
+
+        from ..planning import effective_precision, launch_layout
+
+        # contract: the dry run builds the model on the meta device; under `accelerate launch` the
+        # memory figure is per process, and unsupported FSDP options are refused as training would
+        plan = describe_run(r, meta_model=True, layout=launch_layout(),
+                            precision=effective_precision(r.train.precision, torch.cuda.is_available()))
         if json_out:
             import json
 
@@ -155,7 +162,8 @@ def pretrain(
         if sink is not None:
             from ..planning import describe_run
 
-            sink.show_plan(describe_run(r, vocab_size=trainer.data.vocab_size), resumed_at=trainer.step if resume else None)
+            plan = describe_run(r, vocab_size=trainer.data.vocab_size, layout=trainer.layout, precision=trainer.precision)
+            sink.show_plan(plan, resumed_at=trainer.step if resume else None)
         trainer.run()
     except Interrupted as e:
         if acc.is_main_process:  # every rank stops after the same step; one says so

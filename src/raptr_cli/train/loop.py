@@ -16,7 +16,7 @@ from .. import flops as F
 from ..errors import UserError
 from ..models import build_model, resolve_model_config
 from ..models.common import grow_by_stacking
-from ..planning import model_dims
+from ..planning import effective_precision, model_dims
 from ..recipe import Recipe
 from ..schedule import Plan, build_plan
 from . import checkpoint as ckpt
@@ -92,10 +92,12 @@ class Trainer:
         if t.batch_size % self.world:
             raise UserError(f"train.batch_size = {t.batch_size} is not divisible by the {self.world} processes",
                             hint="Pick a batch size that splits evenly over the processes.")
-        self.precision = t.precision if t.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.precision = effective_precision(t.precision, self.device.type == "cuda")
         # FSDP when accelerate was launched with it (train/sharding.py); checked before any file is written
         self.sharded = self.world > 1 and fsdp_requested(accelerator)
         self.fsdp = fsdp_options() if self.sharded else {}
+        self.layout = {"processes": self.world, "sharded": self.sharded,
+                       "reshard_after_forward": self.fsdp.get("reshard_after_forward", True)}
         if self.sharded and recipe.schedule.method == "stacking":
             raise UserError("schedule.method = \"stacking\" cannot run sharded (FSDP): growing the model "
                             "copies blocks that are split across processes",
@@ -290,31 +292,29 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         now = time.monotonic()
         # A second Ctrl-C aborts at once. One within a second of the first is the same request
-        # arriving twice: under `accelerate launch` the terminal signals every worker and the
-        # launcher then forwards the signal it got, and that must not cost the checkpoint.
+        # arriving twice: a scheduler (SLURM's scancel, a preemption) may signal every process of
+        # the job, and the launcher then forwards its own copy; that must not cost the checkpoint.
         if self._stop_signal and now - self._stop_at > 1.0:
             raise KeyboardInterrupt
         if not self._stop_signal:
             self._stop_signal, self._stop_at = signum, now
 
-    def _stop_agreed(self) -> bool:
-        """Whether any rank was signalled. One process: its own flag. Several: the largest flag over
-        the ranks (a one-float all-reduce per step), so a signal that reached only some ranks still
-        stops all of them after the same step instead of leaving the others waiting in a collective."""
-        if self.world == 1:
-            return bool(self._stop_signal)
+    def _stop_vote(self) -> bool:
+        """Whether any rank has been signalled, agreed by all ranks: the largest flag over the ranks
+        (a one-float all-reduce per step), so a signal that reached only some of them still stops
+        every rank after the same step instead of leaving the others waiting in a collective. The
+        decision is the reduced value alone: a signal landing after the all-reduce counts at the
+        next step. Called before the optimizer step, so its host sync waits for the backward only
+        (which the grad-norm check waits for anyway), not for the optimizer's kernels."""
         import torch.distributed as dist
 
         flag = torch.tensor([float(self._stop_signal)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        # decide on the reduced value only: a signal landing after the all-reduce counts next step
-        agreed = int(flag.item())
-        self._stop_signal = self._stop_signal or agreed
-        return agreed != 0
+        return flag.item() != 0
 
     def run(self) -> dict:
         # every rank listens: a launcher or scheduler may signal all of them or only some; the ranks
-        # agree on the stop after each step (_stop_agreed), so they all save the same step and exit
+        # agree on the stop at each step (_stop_vote), so they all save the same step and exit
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._run()
@@ -330,14 +330,14 @@ class Trainer:
         lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
         params = list(self.model.parameters())
         stats = self.state["stage_stats"]
-        if self.step == 0 and not stats:
-            self._eval()
 
         def make_batch(step: int) -> tuple[dict, int]:  # runs in the prefetch thread on GPUs
             return train_batch(self.data.train, self.objective, B, r.run.seed, step, lo, hi)
 
         cuda = self.device.type == "cuda"  # a thread pays only when a GPU runs the step (prefetch.py)
         with Prefetcher(make_batch, self.step, t.steps, pin=cuda, background=cuda) as batches:
+            if self.step == 0 and not stats:  # (on a GPU the first batches are built meanwhile)
+                self._eval()
             return self._loop(batches, B, micro, params, stats)
 
     def _loop(self, batches: Prefetcher, B: int, micro: int, params: list, stats: dict) -> dict:
@@ -363,6 +363,7 @@ class Trainer:
             loss = forward_backward(self.model, batch, n_global, micro, run_layers, scales, self.precision)
             if not self.sharded:  # FSDP reduce-scatters in backward
                 sync_gradients(params)
+            voted = self._stop_vote() if self.world > 1 else False
             grad_norm, lr = self._apply(step, params, loss)
             self.step = step + 1
             self.state["tokens"] += B * t.seq_len
@@ -410,11 +411,12 @@ class Trainer:
                 self._stage_end(stage, stats[str(stage.index)])
             elif t.eval_every and self.step % t.eval_every == 0:
                 self._eval()
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
-                self._checkpoint()
+            saved = t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps
+            path = self._checkpoint() if saved else None
             window_t += time.perf_counter() - t_side  # throughput windows count training time only
-            if self._stop_agreed():
-                path = self._checkpoint()
+            # a signal during the last step does not stop it: the run finishes and writes final/
+            if (voted if self.world > 1 else self._stop_signal) and self.step < t.steps:
+                path = path if saved else self._checkpoint()  # this step may be saved already
                 where = f"; checkpoint saved to {path}" if path is not None else ""
                 raise Interrupted(f"interrupted at step {self.step}{where}")
         return self._finish()

@@ -22,44 +22,19 @@ parameter offloading, activation checkpointing and hybrid sharding are refused w
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
 from ..errors import UserError
-from ..planning import env_flag as _flag
+from ..planning import env_flag, fsdp_options  # noqa: F401 (fsdp_options re-exported for the trainer)
 
 
 def fsdp_requested(accelerator=None) -> bool:
     """True when accelerate was told to use FSDP (its launcher sets ACCELERATE_USE_FSDP)."""
-    if _flag("ACCELERATE_USE_FSDP"):
+    if env_flag("ACCELERATE_USE_FSDP"):
         return True
     dt = getattr(accelerator, "distributed_type", None)
     return getattr(dt, "value", str(dt)).upper() == "FSDP"
-
-
-def fsdp_options() -> dict:
-    """The accelerate FSDP settings raptr honours; unsupported ones are a UserError."""
-    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").strip().upper()
-    strategy = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "HYBRID_SHARD",
-                "5": "HYBRID_SHARD_ZERO2"}.get(strategy, strategy)
-    problems = []
-    if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP"):
-        problems.append(f"sharding strategy {strategy} (raptr supports FULL_SHARD and SHARD_GRAD_OP; "
-                        "for no sharding launch with --multi_gpu instead)")
-    if _flag("FSDP_OFFLOAD_PARAMS"):
-        problems.append("parameter offloading to CPU (fsdp_offload_params)")
-    if _flag("FSDP_ACTIVATION_CHECKPOINTING"):
-        problems.append("activation checkpointing (fsdp_activation_checkpointing)")
-    if problems:
-        raise UserError("the accelerate FSDP configuration asks for what raptr does not support",
-                        hint="Change these settings in `accelerate config` (or the launch flags) and "
-                             "launch again.", problems=problems)
-    reshard = strategy == "FULL_SHARD"
-    if "FSDP_RESHARD_AFTER_FORWARD" in os.environ and strategy == "FULL_SHARD":
-        reshard = _flag("FSDP_RESHARD_AFTER_FORWARD", "true")
-    return {"reshard_after_forward": reshard}
 
 
 def shard_model(model: nn.Module, device: torch.device, reshard_after_forward: bool = True) -> nn.Module:

@@ -127,6 +127,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, make_recipe, tmp_path: 
     assert not (tmp_path / "planned").exists() and not (tmp_path / "runs").exists()
 
 
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "ACCELERATE_USE_FSDP", "FSDP_SHARDING_STRATEGY", "FSDP_RESHARD_AFTER_FORWARD",
+              "FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING")
+
+
 def test_dry_run_memory_is_per_process_under_a_launch(cli, monkeypatch) -> None:
     """Under `accelerate launch` the memory figure is one process's: its share of the batch, and with
     FSDP its share of the weights and AdamW state plus the units it gathers to compute."""
@@ -136,39 +140,56 @@ def test_dry_run_memory_is_per_process_under_a_launch(cli, monkeypatch) -> None:
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "bert-base-raptr.toml"
 
-    def memory(*sets: str, **env: str) -> dict:
-        for k in ("WORLD_SIZE", "ACCELERATE_USE_FSDP", "FSDP_SHARDING_STRATEGY", "FSDP_RESHARD_AFTER_FORWARD"):
+    def launch(**env: str) -> None:
+        for k in LAUNCH_ENV:
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        args = ["pretrain", recipe, "--dry-run", "--json", "--set", "train.precision=fp32"]
-        return json.loads(run_ok(cli, *args, *[a for kv in sets for a in ("--set", kv)]).stdout)["memory"]
 
-    whole = "train.micro_batch_size=0"  # the recipe's micro-batch is 32: no accumulation here
-    one, dp = memory(whole), memory(whole, WORLD_SIZE="8")
-    fsdp = memory(whole, WORLD_SIZE="8", ACCELERATE_USE_FSDP="true")
+    def memory(*sets: str, **env: str) -> dict:
+        launch(**env)
+        args = ["pretrain", recipe, "--dry-run", "--json", *[a for kv in sets for a in ("--set", kv)]]
+        return json.loads(run_ok(cli, *args).stdout)["memory"]
+
+    fp32, whole = "train.precision=fp32", "train.micro_batch_size=0"  # the recipe's micro-batch is 32
+    one = memory(fp32, whole)
+    dp = memory(fp32, whole, RANK="0", WORLD_SIZE="8")
+    fsdp = memory(fp32, whole, RANK="0", WORLD_SIZE="8", ACCELERATE_USE_FSDP="true")
     assert (one["processes"], dp["processes"], fsdp["processes"]) == (1, 8, 8)
+    assert memory(fp32, whole, WORLD_SIZE="8")["processes"] == 1  # WORLD_SIZE alone is not a launch
+    assert memory()["precision"] == "fp32"  # "auto" on a machine without CUDA
     assert (one["micro_batch"], dp["micro_batch"]) == (256, 32)
     assert dp["activations_gib"] == pytest.approx(one["activations_gib"] / 8)  # 256 / 8 sequences each
     assert fsdp["activations_gib"] == dp["activations_gib"] and not dp["sharded"] and fsdp["sharded"]
-    # replicated: all the state everywhere, plus the flat buffer the gradient all-reduce uses
-    assert dp["weights_optimizer_gib"] == pytest.approx(one["weights_optimizer_gib"] * 20 / 16)
+    gib = 2**30
+    params = one["weights_optimizer_gib"] * gib / 16
+    # replicated: all the state everywhere; the all-reduce's flat buffer comes after activations are freed
+    assert dp["weights_optimizer_gib"] == one["weights_optimizer_gib"]
+    assert dp["total_gib"] == pytest.approx(dp["weights_optimizer_gib"] + max(dp["activations_gib"], 4 * params / gib))
     r = load(recipe)
     per_layer = param_count(resolve_model_config(r, vocab_size=recipe_vocab_size(r)))["per_layer"]
-    params = one["weights_optimizer_gib"] * 2**30 / 16
     root = params - 12 * per_layer
-    # sharded: 1/8 of 16 B/param, the root unit gathered with its full gradient, two blocks gathered
-    expect = (16 * params / 8 + 8 * root + 4 * 2 * per_layer) / 2**30
+    # sharded: 1/8 of 16 B/param, the root unit gathered with its full gradient, two blocks gathered with theirs
+    expect = (16 * params / 8 + 8 * root + 8 * 2 * per_layer) / gib
     assert fsdp["weights_optimizer_gib"] == pytest.approx(expect)
-    # parameters kept gathered between forward and backward: every block
-    kept = memory(whole, WORLD_SIZE="8", ACCELERATE_USE_FSDP="true", FSDP_SHARDING_STRATEGY="SHARD_GRAD_OP")
-    assert kept["weights_optimizer_gib"] == pytest.approx(expect + 4 * 10 * per_layer / 2**30)
+    # parameters kept gathered between forward and backward: every block, however the config says it
+    for kept_env in ({"FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, {"FSDP_RESHARD_AFTER_FORWARD": "false"},
+                     {"FSDP_RESHARD_AFTER_FORWARD": "shard_grad_op"}):  # the last: an FSDP1-style config
+        kept = memory(fp32, whole, RANK="0", WORLD_SIZE="8", ACCELERATE_USE_FSDP="true", **kept_env)
+        assert kept["weights_optimizer_gib"] == pytest.approx(expect + 4 * 10 * per_layer / gib), kept_env
+    assert memory(fp32, whole, RANK="0", WORLD_SIZE="8", ACCELERATE_USE_FSDP="true",
+                  FSDP_RESHARD_AFTER_FORWARD="full_shard")["weights_optimizer_gib"] == pytest.approx(expect)
     # a micro-batch above this rank's share is capped by it, as the trainer chunks
-    assert memory(WORLD_SIZE="16")["micro_batch"] == 16
-    for k, v in {"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}.items():
-        monkeypatch.setenv(k, v)  # an unsupported FSDP option: refused as training would
-    res = cli("pretrain", recipe, "--dry-run")
-    assert res.exit_code == 2 and "parameter offloading" in res.output
+    assert memory(RANK="0", WORLD_SIZE="16")["micro_batch"] == 16
+    # the other ranks of a launch print nothing: one plan, one JSON document
+    launch(RANK="3", WORLD_SIZE="8")
+    assert run_ok(cli, "pretrain", recipe, "--dry-run", "--json").stdout == ""
+    # unsupported FSDP options are refused as training would refuse them, an FSDP1-style NO_SHARD too
+    for bad, says in (({"FSDP_OFFLOAD_PARAMS": "true"}, "parameter offloading"),
+                      ({"FSDP_RESHARD_AFTER_FORWARD": "no_shard"}, "NO_SHARD")):
+        launch(RANK="0", WORLD_SIZE="8", ACCELERATE_USE_FSDP="true", **bad)
+        res = cli("pretrain", recipe, "--dry-run")
+        assert res.exit_code == 2 and says in res.output, res.output
 
 
 def test_dry_run_json_is_one_valid_document(cli, make_recipe) -> None:

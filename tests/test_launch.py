@@ -126,9 +126,14 @@ def test_fsdp_refuses_stacking_and_unsupported_options(runs):
     assert res.returncode != 0 and "parameter offloading" in res.stderr
 
 
-def _children(pid: int) -> list[int]:
-    """Child pids in creation order: the launcher starts local rank 0 first."""
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def _workers(launcher: int) -> dict[int, int]:
+    """rank -> pid of the launcher's worker processes (their RANK from /proc/PID/environ)."""
+    pids = [int(c) for c in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()]
+    ranks = {}
+    for pid in pids:
+        env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+        ranks[int(env["RANK"])] = pid
+    return ranks
 
 
 def _logged_steps(out: Path) -> int:
@@ -153,16 +158,19 @@ def unsignalled(runs):
 
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
                     reason="finds the workers through /proc/PID/task/PID/children (Linux)")
-@pytest.mark.parametrize("rank", [0, 1])
-def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(runs, unsignalled, rank):
-    """A scheduler may signal only some workers. The ranks agree on the stop, so all of them save the
-    same step and exit 130 (none is left waiting in a collective), and the resume finishes exactly."""
+@pytest.mark.parametrize("target", ["rank 0", "rank 1", "launcher"])
+def test_a_signal_stops_every_rank_after_the_same_step(runs, unsignalled, target):
+    """SIGTERM to one worker only (a scheduler may signal only some), or Ctrl-C to the launcher (which
+    forwards it). The ranks agree on the stop, so all of them save the same step and exit 130 (none
+    is left waiting in a collective), one process says so, and the resume finishes exactly."""
     import json
     import signal
     import time
 
     tmp, env, recipe, data = runs
-    out, err_file = tmp / f"signalled-{rank}", tmp / f"signalled-{rank}.err"
+    tag = target.replace(" ", "")
+    out, err_file = tmp / f"signalled-{tag}", tmp / f"signalled-{tag}.err"
+    workers: dict[int, int] = {}
     with open(err_file, "w") as err:
         proc = subprocess.Popen([*LAUNCH_2, recipe, "--out", str(out), *SIGNAL_SETS, *data], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
@@ -170,15 +178,23 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(runs, unsigna
             deadline = time.monotonic() + 120
             while _logged_steps(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-            workers = _children(proc.pid)
-            assert proc.poll() is None and len(workers) == 2, "the run ended before it could be signalled"
-            os.kill(workers[rank], signal.SIGTERM)  # this worker only
-            assert proc.wait(timeout=120) == 1  # the launcher reports its workers' 130 as a failure
+            workers = _workers(proc.pid)
+            assert proc.poll() is None and sorted(workers) == [0, 1], "the run ended before it could be signalled"
+            if target == "launcher":
+                os.kill(proc.pid, signal.SIGINT)
+            else:
+                os.kill(workers[int(target[-1])], signal.SIGTERM)
+            assert proc.wait(timeout=120) != 0  # the launcher reports a stop of its workers as a failure
         finally:
-            proc.kill()
+            for pid in [proc.pid, *workers.values()]:  # the workers run in sessions of their own
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     err = err_file.read_text()
-    # the first worker to exit is reported (130); the launcher stops the other, which has saved by then
-    assert "exitcode  : 130" in err and "Traceback" not in err.split("interrupted at step")[0], err[-3000:]
+    if target != "launcher":
+        assert "exitcode  : 130" in err, err[-3000:]  # the first worker to exit, as the launcher reports it
+    assert "Traceback" not in err.split("interrupted at step")[0], err[-3000:]
     assert not (out / "final").exists()
     (saved,) = (out / "checkpoints").iterdir()
     step = int(saved.name.split("-")[1])

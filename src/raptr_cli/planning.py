@@ -87,12 +87,18 @@ def env_flag(name: str, default: str = "false") -> bool:
     return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
 
 
+STRATEGIES = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "HYBRID_SHARD",
+              "5": "HYBRID_SHARD_ZERO2"}
+
+
 def fsdp_options() -> dict:
     """The accelerate FSDP settings raptr honours (from the launcher's environment); unsupported
     ones are a UserError."""
     strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").strip().upper()
-    strategy = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "HYBRID_SHARD",
-                "5": "HYBRID_SHARD_ZERO2"}.get(strategy, strategy)
+    strategy = STRATEGIES.get(strategy, strategy)
+    reshard_env = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "").strip().upper()
+    if reshard_env in STRATEGIES.values():  # an FSDP1-style config stores the strategy's name there
+        strategy, reshard_env = reshard_env, ""
     problems = []
     if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP"):
         problems.append(f"sharding strategy {strategy} (raptr supports FULL_SHARD and SHARD_GRAD_OP; "
@@ -106,25 +112,26 @@ def fsdp_options() -> dict:
                         hint="Change these settings in `accelerate config` (or the launch flags) and "
                              "launch again.", problems=problems)
     reshard = strategy == "FULL_SHARD"
-    if "FSDP_RESHARD_AFTER_FORWARD" in os.environ and strategy == "FULL_SHARD":
+    if reshard_env and strategy == "FULL_SHARD":
         reshard = env_flag("FSDP_RESHARD_AFTER_FORWARD", "true")
     return {"reshard_after_forward": reshard}
 
 
-SINGLE = {"processes": 1, "sharded": False, "reshard_after_forward": True}
+SINGLE = {"processes": 1, "rank": 0, "sharded": False, "reshard_after_forward": True}
 
 
 def launch_layout() -> dict:
-    """How the launch this process belongs to splits the run: `accelerate launch` sets WORLD_SIZE
-    and, with --use_fsdp, ACCELERATE_USE_FSDP and the FSDP options (validated here, so a dry run
-    under the launcher refuses what training would). A plain `raptr` call is SINGLE."""
+    """How the launch this process belongs to splits the run: `accelerate launch` sets RANK,
+    WORLD_SIZE and, with --use_fsdp, ACCELERATE_USE_FSDP and the FSDP options (validated here, so
+    a dry run under the launcher refuses what training would). Outside a launch (no RANK):
+    SINGLE, whatever else the shell exports."""
     try:
-        processes = max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        processes = 1
+        rank, processes = int(os.environ["RANK"]), max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except (KeyError, ValueError):
+        return dict(SINGLE)
     sharded = processes > 1 and env_flag("ACCELERATE_USE_FSDP")
     reshard = fsdp_options()["reshard_after_forward"] if sharded else True
-    return {"processes": processes, "sharded": sharded, "reshard_after_forward": reshard}
+    return {"processes": processes, "rank": rank, "sharded": sharded, "reshard_after_forward": reshard}
 
 
 def effective_precision(precision: str, cuda: bool) -> str:
@@ -133,32 +140,34 @@ def effective_precision(precision: str, cuda: bool) -> str:
 
 
 def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool, layout: dict = SINGLE) -> dict:
-    """Rough training memory of ONE process in GiB (a lower bound: allocator slack, the CUDA
-    context and temporary buffers come on top):
-    - state: fp32 weights + grads + AdamW moments, 16 B/param (split over the processes when
-      sharded); replicated runs add the flat 4 B/param buffer of the gradient all-reduce; sharded
-      runs add the units gathered to compute (the root unit with the embeddings and head, and
-      its unsharded gradient; two blocks, or every block when parameters stay gathered between
-      forward and backward);
-    - activations of one micro-batch (at most this rank's share of the global batch) over the
-      full path, ~34 h bytes-per-half-precision-value per token per layer (Korthikanti et al.
-      2022, flash attention assumed; doubled for fp32)."""
+    """Rough training memory of ONE process in GiB (allocator slack, the CUDA context and
+    kernels' workspaces come on top), the larger of two moments of a step:
+    - forward/backward: fp32 weights + grads + AdamW moments, 16 B/param (split over the processes
+      when sharded, plus the units gathered to compute: the root unit with the embeddings and head
+      and its unsharded gradient, and two blocks with theirs, or every block when parameters stay
+      gathered between forward and backward), and the activations of one micro-batch (at most this
+      rank's share of the global batch) over the full path, ~34 h bytes-per-half-precision-value
+      per token per layer (Korthikanti et al. 2022, flash attention assumed; doubled for fp32);
+    - the gradient all-reduce of a replicated launch: the state plus its flat 4 B/param buffer,
+      after the activations are freed."""
     t = recipe.train
     n, sharded = layout["processes"], layout["sharded"]
     per_rank = max(1, t.batch_size // n)
     micro = min(t.micro_batch_size or per_rank, per_rank)  # as forward_backward chunks it
     act_bytes = 34 * cfg.hidden_size * t.seq_len * micro * cfg.num_layers * (1 if bf16 else 2)
+    transient = 0.0
     if sharded:
         block = param_count(cfg)["per_layer"]
         root = params - cfg.num_layers * block
         gathered = 2 if layout["reshard_after_forward"] else cfg.num_layers
-        state_bytes = 16 * params / n + 4 * gathered * block + 8 * root
+        state_bytes = 16 * params / n + 8 * root + 4 * gathered * block + 4 * 2 * block
     else:
-        state_bytes = 16 * params + (4 * params if n > 1 else 0)
+        state_bytes = 16 * params
+        transient = 4 * params if n > 1 else 0.0
     gib = 1024**3
     return {"weights_optimizer_gib": state_bytes / gib, "activations_gib": act_bytes / gib,
-            "total_gib": (state_bytes + act_bytes) / gib, "processes": n, "sharded": sharded,
-            "micro_batch": micro}
+            "total_gib": (state_bytes + max(act_bytes, transient)) / gib, "processes": n, "sharded": sharded,
+            "micro_batch": micro, "precision": "bf16" if bf16 else "fp32"}
 
 
 def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool = False,

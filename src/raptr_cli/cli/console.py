@@ -29,11 +29,10 @@ def f4(x: float | None) -> str:
 
 
 def _layout(mem: dict) -> str:
-    """How the memory figure splits over a launch: empty for one process."""
+    """What the memory figure assumes: the precision and, under a launch, how it splits."""
     n = mem.get("processes", 1)
-    if n == 1:
-        return ""
-    return f" per process ({n} processes, {'sharded' if mem.get('sharded') else 'replicated'})"
+    split = "" if n == 1 else f", per process of {n}, {'sharded' if mem.get('sharded') else 'replicated'}"
+    return f" ({mem.get('precision', 'fp32')}{split})"
 
 
 class Console:

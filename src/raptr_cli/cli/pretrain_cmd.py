@@ -96,8 +96,12 @@ def pretrain(
     if json_out and not dry_run:
         raise UserError("--json goes with --dry-run (training prints tables; metrics.jsonl is the machine-readable log)",
                         hint="Add --dry-run, or drop --json.")
+    from ..planning import launch_layout
+
     r = load_recipe(recipe, set_ or [])
-    console = console_for(r.log.console if not json_out else "none")
+    layout = launch_layout()
+    speaks = layout["rank"] == 0  # under `accelerate launch` one process speaks for all
+    console = console_for(r.log.console if not json_out and speaks else "none")
     for w in r.warnings:
         console.warn(w)
     out_dir = Path(out) if out else Path("runs") / r.run.name
@@ -113,12 +117,14 @@ def pretrain(
                 console.warn(f"{e.message} (training would stop here: {e.hint})")
         import torch
 
-        from ..planning import effective_precision, launch_layout
+        from ..planning import effective_precision
 
         # contract: the dry run builds the model on the meta device; under `accelerate launch` the
-        # memory figure is per process, and unsupported FSDP options are refused as training would
-        plan = describe_run(r, meta_model=True, layout=launch_layout(),
+        # memory figure is per process, and unsupported FSDP options were refused as training would
+        plan = describe_run(r, meta_model=True, layout=layout,
                             precision=effective_precision(r.train.precision, torch.cuda.is_available()))
+        if not speaks:
+            return
         if json_out:
             import json
 
@@ -170,7 +176,8 @@ def pretrain(
             console.error(str(e)) if r.log.console == "none" else console.warn(str(e))
         raise typer.Exit(130) from None
     except TrainingDiverged as e:
-        console.error(str(e))
+        if acc.is_main_process:  # every rank sees the same non-finite global grad norm
+            console.error(str(e))
         raise typer.Exit(1) from None
     if sink is not None:
         console.note(f"outputs in {out_dir}/ (metrics.jsonl, checkpoints/, final/)")

@@ -96,7 +96,7 @@ class Trainer:
         # FSDP when accelerate was launched with it (train/sharding.py); checked before any file is written
         self.sharded = self.world > 1 and fsdp_requested(accelerator)
         self.fsdp = fsdp_options() if self.sharded else {}
-        self.layout = {"processes": self.world, "sharded": self.sharded,
+        self.layout = {"processes": self.world, "rank": self.rank, "sharded": self.sharded,
                        "reshard_after_forward": self.fsdp.get("reshard_after_forward", True)}
         if self.sharded and recipe.schedule.method == "stacking":
             raise UserError("schedule.method = \"stacking\" cannot run sharded (FSDP): growing the model "
@@ -290,11 +290,14 @@ class Trainer:
         return row
 
     def _on_signal(self, signum, frame) -> None:
+        # One process: a second Ctrl-C aborts at once (one within a second of the first is the same
+        # request delivered twice). Under a launch repeats are ignored: a scheduler may signal every
+        # process while the launcher forwards its own copy, and a copy can reach the handler late
+        # (Python runs handlers between bytecodes, not inside a long C call such as a CUDA sync), so
+        # telling a second request from a duplicate is guesswork; the launcher's kill after its
+        # shutdown timeout is the hard stop there.
         now = time.monotonic()
-        # A second Ctrl-C aborts at once. One within a second of the first is the same request
-        # arriving twice: a scheduler (SLURM's scancel, a preemption) may signal every process of
-        # the job, and the launcher then forwards its own copy; that must not cost the checkpoint.
-        if self._stop_signal and now - self._stop_at > 1.0:
+        if self._stop_signal and self.world == 1 and now - self._stop_at > 1.0:
             raise KeyboardInterrupt
         if not self._stop_signal:
             self._stop_signal, self._stop_at = signum, now
@@ -319,9 +322,9 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self.log.close()  # first: a signal after the handlers are restored may end the process
             for s, h in handlers.items():
                 signal.signal(s, h)
-            self.log.close()
 
     def _run(self) -> dict:
         r, t = self.r, self.r.train

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -177,3 +179,22 @@ def run_ok(cli: Callable[..., Any], *args: Any) -> Any:
     res = cli(*args)
     assert res.exit_code == 0, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
     return res
+
+
+def logged_steps(out: Path) -> int:
+    """Training rows in metrics.jsonl so far (only whole lines: the last one may be half written)."""
+    p = out / "metrics.jsonl"
+    lines = p.read_text().split("\n")[:-1] if p.exists() else []
+    return sum('"loss"' in line and '"event"' not in line for line in lines)
+
+
+def wait_until(proc: subprocess.Popen, stderr: Path, ready, timeout: float = 120) -> None:
+    """Poll `ready()` while the process runs; fail with its stderr if it exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"raptr exited ({proc.returncode}) too early:\n{stderr.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting for the run")
+        time.sleep(0.002)

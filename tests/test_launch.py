@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import generate_corpus
+from conftest import generate_corpus, logged_steps, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 RAPTR = shutil.which("raptr", path=str(Path(sys.executable).parent)) or str(Path(sys.executable).parent / "raptr")
@@ -136,13 +136,6 @@ def _workers(launcher: int) -> dict[int, int]:
     return ranks
 
 
-def _logged_steps(out: Path) -> int:
-    try:
-        return sum('"loss"' in line for line in (out / "metrics.jsonl").read_text().splitlines())
-    except FileNotFoundError:
-        return 0
-
-
 SIGNAL_SETS = [*SETS, "--set", "train.steps=600", "--set", "train.checkpoint_every=0"]
 LAUNCH_2 = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", RAPTR, "pretrain"]
@@ -165,7 +158,6 @@ def test_a_signal_stops_every_rank_after_the_same_step(runs, unsignalled, target
     is left waiting in a collective), one process says so, and the resume finishes exactly."""
     import json
     import signal
-    import time
 
     tmp, env, recipe, data = runs
     tag = target.replace(" ", "")
@@ -175,9 +167,7 @@ def test_a_signal_stops_every_rank_after_the_same_step(runs, unsignalled, target
         proc = subprocess.Popen([*LAUNCH_2, recipe, "--out", str(out), *SIGNAL_SETS, *data], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
         try:
-            deadline = time.monotonic() + 120
-            while _logged_steps(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(proc, err_file, lambda: logged_steps(out) >= 3)
             workers = _workers(proc.pid)
             assert proc.poll() is None and sorted(workers) == [0, 1], "the run ended before it could be signalled"
             if target == "launcher":

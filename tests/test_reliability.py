@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import eval_rows, read_rows, run_ok, train_rows
+from conftest import eval_rows, logged_steps, read_rows, run_ok, train_rows, wait_until
 from safetensors.torch import load_file
 
 from raptr_cli.data import packing
@@ -144,24 +144,6 @@ def spawn(args: list[str], tmp: Path, stall: str | None = None) -> subprocess.Po
                             stderr=open(tmp / "stderr.txt", "w"))
 
 
-def logged_steps(out: Path) -> int:
-    """Training rows in metrics.jsonl so far (only whole lines: the last one may be half written)."""
-    p = out / "metrics.jsonl"
-    lines = p.read_text().split("\n")[:-1] if p.exists() else []
-    return sum('"loss"' in line and '"event"' not in line for line in lines)
-
-
-def wait_until(proc: subprocess.Popen, tmp: Path, ready, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"raptr exited ({proc.returncode}) too early:\n{(tmp / 'stderr.txt').read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("timed out waiting for the run")
-        time.sleep(0.002)
-
-
 def kill9(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL  # it really was killed, not finished
@@ -202,7 +184,7 @@ def test_kill9_at_a_random_step_then_resume_replays_bitwise(method, reference, c
     out = tmp_path / "run"
     args = pretrain_args(method, corpus_dir, out)
     proc = spawn(args, tmp_path)
-    wait_until(proc, tmp_path, lambda: logged_steps(out) >= n_rows)
+    wait_until(proc, tmp_path / "stderr.txt", lambda: logged_steps(out) >= n_rows)
     time.sleep(rng.uniform(0, 0.03))  # land anywhere in a step, an eval or a save
     kill9(proc)
     assert not (out / "final").exists()
@@ -227,7 +209,7 @@ def test_a_kill_during_a_save_leaves_only_complete_checkpoints(phase, reference,
     out = tmp_path / "run"
     args = pretrain_args("baseline", corpus_dir, out)
     proc = spawn(args, tmp_path, stall=f"{phase}:15")  # checkpoints 5 and 10 exist by then
-    wait_until(proc, tmp_path, (tmp_path / "stalled").exists)
+    wait_until(proc, tmp_path / "stderr.txt", (tmp_path / "stalled").exists)
     kill9(proc)
     dirs = sorted((out / "checkpoints").glob("step-*"))
     found = [d.name for d in ckpt.list_checkpoints(out)]
@@ -314,7 +296,7 @@ def test_a_signal_finishes_the_step_saves_and_exits_130(signum, console, referen
     out = tmp_path / "run"
     args = pretrain_args("baseline", corpus_dir, out, **{"log.console": console})
     proc = spawn(args, tmp_path)
-    wait_until(proc, tmp_path, lambda: logged_steps(out) >= 12)
+    wait_until(proc, tmp_path / "stderr.txt", lambda: logged_steps(out) >= 12)
     os.kill(proc.pid, signum)
     assert proc.wait(timeout=60) == 130
     rows = read_rows(out)
@@ -339,7 +321,7 @@ def signal_during(monkeypatch, step: int) -> None:
 
     def apply(self, step_, params, loss):
         if step_ == step:
-            self._on_signal(signal.SIGTERM, None)
+            self.stop.on_signal(signal.SIGTERM, None)
         return real(self, step_, params, loss)
 
     monkeypatch.setattr(Trainer, "_apply", apply)

@@ -6,7 +6,6 @@ import copy
 import math
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from .optim import build_optimizer, lr_factor, warmup_steps_of
 from .prefetch import Prefetcher
 from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
 from .objective import objective_for
+from .stopping import StopSignals
 from .step import evaluate, forward_backward, step_seed, sync_gradients, train_batch
 
 
@@ -95,9 +95,9 @@ class Trainer:
         self.precision = effective_precision(t.precision, self.device.type == "cuda")
         # FSDP when accelerate was launched with it (train/sharding.py); checked before any file is written
         self.sharded = self.world > 1 and fsdp_requested(accelerator)
-        self.fsdp = fsdp_options() if self.sharded else {}
+        reshard = fsdp_options()["reshard_after_forward"] if self.sharded else True
         self.layout = {"processes": self.world, "rank": self.rank, "sharded": self.sharded,
-                       "reshard_after_forward": self.fsdp.get("reshard_after_forward", True)}
+                       "reshard_after_forward": reshard}
         if self.sharded and recipe.schedule.method == "stacking":
             raise UserError("schedule.method = \"stacking\" cannot run sharded (FSDP): growing the model "
                             "copies blocks that are split across processes",
@@ -119,7 +119,7 @@ class Trainer:
         self._build(self.state["depth"])
         self.step = 0
         self.last_eval: dict | None = None
-        self._stop_signal, self._stop_at = 0, 0.0
+        self.stop = StopSignals(self.world, self.device)
         if self.resume_from is not None:  # before any sink: a refused resume must touch no file
             self._load(self.resume_from)
         sinks: list[Sink] = []
@@ -140,7 +140,7 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         self.model.train()
         if self.sharded:
-            shard_model(self.model, self.device, **self.fsdp)
+            shard_model(self.model, self.device, self.layout["reshard_after_forward"])
         if self.r.train.compile:
             compile_blocks(self.model)
         self.opt = build_optimizer(self.model, self.r.optim)
@@ -289,42 +289,12 @@ class Trainer:
         self.last_eval = row
         return row
 
-    def _on_signal(self, signum, frame) -> None:
-        # One process: a second Ctrl-C aborts at once (one within a second of the first is the same
-        # request delivered twice). Under a launch repeats are ignored: a scheduler may signal every
-        # process while the launcher forwards its own copy, and a copy can reach the handler late
-        # (Python runs handlers between bytecodes, not inside a long C call such as a CUDA sync), so
-        # telling a second request from a duplicate is guesswork; the launcher's kill after its
-        # shutdown timeout is the hard stop there.
-        now = time.monotonic()
-        if self._stop_signal and self.world == 1 and now - self._stop_at > 1.0:
-            raise KeyboardInterrupt
-        if not self._stop_signal:
-            self._stop_signal, self._stop_at = signum, now
-
-    def _stop_vote(self) -> bool:
-        """Whether any rank has been signalled, agreed by all ranks: the largest flag over the ranks
-        (a one-float all-reduce per step), so a signal that reached only some of them still stops
-        every rank after the same step instead of leaving the others waiting in a collective. The
-        decision is the reduced value alone: a signal landing after the all-reduce counts at the
-        next step. Called before the optimizer step, so its host sync waits for the backward only
-        (which the grad-norm check waits for anyway), not for the optimizer's kernels."""
-        import torch.distributed as dist
-
-        flag = torch.tensor([float(self._stop_signal)], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() != 0
-
     def run(self) -> dict:
-        # every rank listens: a launcher or scheduler may signal all of them or only some; the ranks
-        # agree on the stop at each step (_stop_vote), so they all save the same step and exit
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            return self._run()
-        finally:
-            self.log.close()  # first: a signal after the handlers are restored may end the process
-            for s, h in handlers.items():
-                signal.signal(s, h)
+        with self.stop:  # every rank listens: a launcher or scheduler may signal all or only some
+            try:
+                return self._run()
+            finally:
+                self.log.close()  # before the handlers go: a signal after that may end the process
 
     def _run(self) -> dict:
         r, t = self.r, self.r.train
@@ -366,7 +336,7 @@ class Trainer:
             loss = forward_backward(self.model, batch, n_global, micro, run_layers, scales, self.precision)
             if not self.sharded:  # FSDP reduce-scatters in backward
                 sync_gradients(params)
-            voted = self._stop_vote() if self.world > 1 else False
+            vote = self.stop.vote()  # before the optimizer step: see stopping.py
             grad_norm, lr = self._apply(step, params, loss)
             self.step = step + 1
             self.state["tokens"] += B * t.seq_len
@@ -418,8 +388,9 @@ class Trainer:
             path = self._checkpoint() if saved else None
             window_t += time.perf_counter() - t_side  # throughput windows count training time only
             # a signal during the last step does not stop it: the run finishes and writes final/
-            if (voted if self.world > 1 else self._stop_signal) and self.step < t.steps:
-                path = path if saved else self._checkpoint()  # this step may be saved already
+            if self.stop.stop(vote) and self.step < t.steps:
+                if not saved:  # (a checkpoint_every step is saved already)
+                    path = self._checkpoint()
                 where = f"; checkpoint saved to {path}" if path is not None else ""
                 raise Interrupted(f"interrupted at step {self.step}{where}")
         return self._finish()

@@ -55,8 +55,12 @@ def loss_at(curve: list[tuple], flops: float) -> float | None:
     return None
 
 
-def compare_runs(run_dirs: list[Path]) -> dict:
+def compare_runs(run_dirs: list[Path], allow_mixed: bool = False) -> dict:
+    """The comparison of finished runs; refuses a run listed twice, runs of different objectives
+    (unless `allow_mixed`) and runs of one name that are not one recipe over distinct seeds."""
+    refuse_duplicates(run_dirs)
     runs = [summarize(Path(d)) for d in run_dirs]
+    check_comparable(runs, allow_mixed)
     # the reference is the full baseline: the baseline run with the most FLOPs, not a shortened one
     base = max((r for r in runs if r["method"] == "baseline"), key=lambda r: r["flops"], default=None)
     ref_flops = base["flops"] if base else max(r["flops"] for r in runs)
@@ -69,6 +73,55 @@ def compare_runs(run_dirs: list[Path]) -> dict:
     if any(len(g["seeds"]) > 1 for g in groups):
         result["by_name"] = groups
     return result
+
+
+def refuse_duplicates(run_dirs: list[Path]) -> None:
+    """One run passed twice (by another spelling, a trailing slash, a symlink) is not two seeds."""
+    seen: dict[Path, Path] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            spellings = f" (as {seen[key]} and {d})" if str(seen[key]) != str(d) else ""
+            raise UserError(f"the run {key} is listed twice{spellings}",
+                            hint="Pass each run directory once (a second seed is a run of its own, with another run.seed).")
+        seen[key] = Path(d)
+
+
+def refuse_mixed_objectives(arch_of: dict[str, str]) -> None:
+    """BERT's masked-LM loss (over ~15% of tokens, WordPiece) and UL2's denoiser-mixture loss (byte-level
+    BPE) measure different things: side by side, their eval losses and curves would invite a wrong
+    conclusion, so mixing them needs an explicit --allow-mixed. `arch_of`: recipe or run -> model.arch."""
+    if len(set(arch_of.values())) > 1:
+        raise UserError("these runs train different objectives, so their losses are not comparable:",
+                        problems=[f"{label}: model.arch = {arch!r}" for label, arch in arch_of.items()],
+                        hint="Compare runs of one architecture, or add --allow-mixed to tabulate them anyway.")
+
+
+def check_comparable(runs: list[dict], allow_mixed: bool = False) -> None:
+    """Refuse mixed objectives (unless allowed), and runs of one name that are not one recipe (the
+    same resolved recipe as `--resume` compares, but for run.seed) over distinct seeds: `by_name`
+    aggregates them as seeds."""
+    from .recipe import TRAJECTORY_FREE, recipe_differences
+
+    recipes = [tomllib.loads((Path(r["run"]) / "recipe.toml").read_text()) for r in runs]
+    if not allow_mixed:
+        refuse_mixed_objectives({r["run"]: rec.get("model", {}).get("arch", "bert") for r, rec in zip(runs, recipes)})
+    first: dict[str, tuple[dict, dict]] = {}
+    seeds: dict[tuple[str, object], dict] = {}
+    for r, rec in zip(runs, recipes):
+        r0, rec0 = first.setdefault(r["name"], (r, rec))
+        diff = recipe_differences(rec0, rec, (*TRAJECTORY_FREE, "run.seed"))
+        if diff:
+            raise UserError(
+                f"{r0['run']} and {r['run']} share run.name = {r['name']!r} but are different recipes, "
+                f"so they are not seeds of one run; they differ in: "
+                + ", ".join(f"{k} ({a!r} vs {b!r})" for k, (a, b) in diff.items()),
+                hint="Runs of one name are read as seeds of one recipe: give different recipes different run names.")
+        twin = seeds.setdefault((r["name"], r["seed"]), r)
+        if twin is not r:
+            raise UserError(f"{twin['run']} and {r['run']} are the same recipe with the same run.seed = {r['seed']}: "
+                            "one run twice, not two seeds",
+                            hint="Pass one of them, or train the second seed with another run.seed.")
 
 
 AGGREGATED = ("relative_flops", "final_eval_loss", "best_eval_loss", "eval_loss_at_equal_flops")

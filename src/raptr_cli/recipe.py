@@ -9,6 +9,7 @@ sections below are the ones whose consumers are the trainer and the data pipelin
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from .schedule import ScheduleConfig
 @dataclass
 class RunConfig:
     name: str = "raptr-run"
-    """Run name; `--out` defaults to runs/<name>."""
+    """Run name, one path component (letters, digits, `._-`); `--out` defaults to runs/<name>."""
     seed: int = 0
     """Seeds initialisation, data order, masking, dropout and layer paths (each a function of (seed, step))."""
 
@@ -221,6 +222,9 @@ def _field_type(parts: list[str]):
     return tp
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def _check_ranges(r: Recipe) -> list[str]:
     """Range checks and contradictions across sections; each names its key."""
     p: list[str] = []
@@ -229,6 +233,10 @@ def _check_ranges(r: Recipe) -> list[str]:
         if v is not None and (v < 0 or (v == 0 and not allow_zero)):
             p.append(f"{key} = {v}: must be {'>= 0' if allow_zero else '> 0'}")
 
+    # the name becomes a directory (runs/<name>, compare's OUT/<name>): one component, never a path
+    if not _RUN_NAME.fullmatch(r.run.name) or r.run.name in (".", ".."):
+        p.append(f"run.name = {r.run.name!r}: must be one path component of letters, digits and ._- "
+                 "(not empty, '.' or '..'), like \"bert-tiny-raptr\"")
     t, o = r.train, r.optim
     positive("train.steps", t.steps)
     positive("train.batch_size", t.batch_size)
@@ -331,3 +339,26 @@ def replace(recipe: Recipe, **sections) -> Recipe:
     out = dataclasses.replace(recipe, **sections)
     out.base_dir, out.warnings = recipe.base_dir, recipe.warnings
     return out
+
+
+# Keys that may differ between two runs of one recipe without changing the trajectory (what is shown
+# and logged, how often it is checkpointed): `--resume` and compare's reuse of a run both ignore them.
+TRAJECTORY_FREE = ("log.", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_differences(a: dict, b: dict, ignore: tuple[str, ...] = TRAJECTORY_FREE) -> dict[str, tuple]:
+    """Dotted keys whose values differ between two resolved recipes (parsed recipe.toml text), each
+    with (value in a, value in b), sorted; keys starting with a prefix in `ignore` are left out."""
+    fa, fb = _flat(a), _flat(b)
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k) and not k.startswith(ignore)}

@@ -19,33 +19,76 @@ Examples:
   raptr compare recipes/bert-tiny-baseline.toml recipes/bert-tiny-raptr.toml --out runs/cmp
   raptr compare recipes/bert-tiny-baseline.toml recipes/bert-tiny-raptr.toml --equal-flops
   raptr compare --runs runs/bert-tiny-baseline runs/bert-tiny-raptr --out runs/cmp
+  raptr compare --runs runs/cmp/* --out runs/cmp
+
+A finished run in --out is reused only when its recipe.toml is the same resolved recipe (as for
+--resume); runs of one run.name are read as seeds of one recipe. BERT and UL2 runs are refused
+together (their losses measure different things) unless --allow-mixed.
 """
 
 
 def compare(
-    recipes: Annotated[Optional[list[Path]], typer.Argument(help="Recipes to run.", metavar="RECIPE.toml...")] = None,
-    runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Finished run directories to compare instead; repeatable.")] = None,
+    recipes: Annotated[Optional[list[Path]], typer.Argument(
+        help="Recipes to run (after --runs: more run directories).", metavar="RECIPE.toml...")] = None,
+    runs: Annotated[Optional[list[Path]], typer.Option(
+        "--runs", help="Finished run directories to compare instead; takes several (--runs runs/cmp/*) and repeats.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where runs and the comparison land.")] = Path("runs/compare"),
     equal_flops: Annotated[bool, typer.Option("--equal-flops", help="Also run the baseline shortened to each method's FLOPs.")] = False,
+    allow_mixed: Annotated[bool, typer.Option(
+        "--allow-mixed", help="Tabulate BERT and UL2 runs together although their losses measure different things.")] = False,
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     from ..comparison import compare_runs, write_outputs
     from ..errors import UserError
 
+    if runs:  # `--runs A B`: an option takes one value, so the directories after the first arrive here
+        runs, recipes = _run_dirs([*runs, *(recipes or [])]), []
     if bool(recipes) == bool(runs):
         raise UserError("give either RECIPE.toml files to run or --runs DIR ... to read", hint="See raptr compare --help.")
+    if out.exists() and not out.is_dir():  # before any training: the comparison could not be written
+        raise UserError(f"--out {out} is a file, not a directory",
+                        hint="Point --out at a directory (new, or one that compare wrote).")
     if runs:
         dirs = list(runs)
     else:
-        dirs = _run_all(list(recipes), out, set_ or [], equal_flops, quiet=json_out)
-    result = compare_runs(dirs)
-    files = write_outputs(result, out)
+        dirs = _run_all(list(recipes), out, set_ or [], equal_flops, quiet=json_out, allow_mixed=allow_mixed)
+    result = compare_runs(dirs, allow_mixed=allow_mixed)
+    try:
+        files = write_outputs(result, out)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write the comparison ({e.strerror}: {e.filename})",
+                        hint="Point --out at a writable directory.") from None
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
     _print_table(result)
     typer.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+# what compare writes next to the runs in --out: `--runs runs/cmp/*` expands to these too
+_OUTPUTS = ("compare.json", "compare.md", "loss_vs_flops.png")
+
+
+def _run_dirs(args: list[Path]) -> list[Path]:
+    """The values of `--runs` and the positional arguments that follow it: run directories (compare's
+    own output files, which `--runs runs/cmp/*` picks up, are skipped); a recipe or any other file is
+    an error."""
+    from ..errors import UserError
+
+    dirs = []
+    for a in args:
+        if a.is_dir():
+            dirs.append(a)
+        elif a.is_file() and a.name in _OUTPUTS:
+            continue
+        elif a.suffix == ".toml":
+            raise UserError(f"{a}: give either RECIPE.toml files to run or --runs DIR ... to read, not both",
+                            hint="See raptr compare --help.")
+        else:
+            raise UserError(f"--runs {a}: {'not a directory' if a.exists() else 'no such run directory'}",
+                            hint="Pass run directories written by `raptr pretrain` (or by compare in its --out).")
+    return dirs
 
 
 def _print_table(result: dict) -> None:
@@ -78,15 +121,19 @@ def _print_table(result: dict) -> None:
         console.print(g_t)
 
 
-def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool, quiet: bool) -> list[Path]:
+def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool, quiet: bool,
+             allow_mixed: bool = False) -> list[Path]:
     from ..budget import solve_steps
+    from ..comparison import refuse_mixed_objectives
     from ..errors import UserError
     from ..planning import describe_run
     from ..recipe import load_recipe
     from .pretrain_cmd import pretrain
 
     loaded = [(p, load_recipe(p, sets)) for p in recipes]  # validate every recipe before any training
-    jobs = [(p, r.run.name, list(sets)) for p, r in loaded]
+    if not allow_mixed:
+        refuse_mixed_objectives({str(p): r.model.arch for p, r in loaded})
+    jobs = [(p, r, list(sets), str(p)) for p, r in loaded]  # (file, resolved recipe, --set, what to call it)
     if equal_flops:
         base = next(((p, r) for p, r in loaded if r.schedule.method == "baseline"), None)
         if base is None:
@@ -98,15 +145,54 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
                 continue
             steps = solve_steps(base_plan["total_flops"], base_plan["steps"], describe_run(r)["total_flops"])
             name = f"{base[1].run.name}-equiflop-{r.run.name}"
-            jobs.append((base[0], name, [*sets, f"train.steps={steps}", f"run.name={name}"]))
+            job_sets = [*sets, f"train.steps={steps}", f"run.name={name}"]
+            jobs.append((base[0], load_recipe(base[0], job_sets), job_sets, f"{base[0]} shortened to the FLOPs of {p}"))
+    named: dict[str, str] = {}
+    for _, r, _, label in jobs:  # each run lands in OUT/<run.name>: two of one name would share it
+        if r.run.name in named:
+            raise UserError(f"two recipes would write the same run directory {out / r.run.name}: "
+                            f"{named[r.run.name]} and {label} both have run.name = {r.run.name!r}",
+                            hint="Give each recipe its own run.name.")
+        named[r.run.name] = label
+    # decide every job's directory before training any: a refusal then costs no training
+    todo = [(p, out / r.run.name, job_sets, _reusable(p, r, out / r.run.name)) for p, r, job_sets, _ in jobs]
     dirs = []
-    for path, name, job_sets in jobs:
-        run_dir = out / name
-        if (run_dir / "final").is_dir():  # finished earlier: reuse (delete the folder to rerun)
-            dirs.append(run_dir)
-            continue
-        console = ["log.console=none"] if quiet else []
-        pretrain(path, out=run_dir, set_=[*job_sets, *console], resume=False, overwrite=True,
-                 dry_run=False, json_out=False)
+    for path, run_dir, job_sets, reuse in todo:
+        if not reuse:
+            console = ["log.console=none"] if quiet else []
+            pretrain(path, out=run_dir, set_=[*job_sets, *console], resume=False, overwrite=True,
+                     dry_run=False, json_out=False)
         dirs.append(run_dir)
     return dirs
+
+
+def _reusable(path: Path, recipe, run_dir: Path) -> bool:
+    """True when run_dir holds this recipe's finished run (reused: delete the folder to rerun it), False
+    when there is nothing to keep there (trained, over an unfinished run of the same recipe). A run of
+    another recipe is refused, finished or not: the same rule as `--resume` (recipe_differences)."""
+    import tomllib
+
+    from ..errors import UserError
+    from ..recipe import recipe_differences
+    from ..train.rundir import RUN_MARKERS, resolved_toml
+
+    saved = run_dir / "recipe.toml"
+    if not saved.is_file():
+        held = [m for m in RUN_MARKERS if (run_dir / m).exists()]
+        if held:
+            raise UserError(f"{run_dir} holds run files ({', '.join(held)}) but no recipe.toml, so it cannot be "
+                            f"told apart from another recipe's run: {path} would overwrite it",
+                            hint=f"Move {run_dir} away (or delete it), or compare into another --out.")
+        return False
+    try:
+        theirs = tomllib.loads(saved.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{saved} is not a readable recipe ({e}), so {run_dir} cannot be reused or replaced safely",
+                        hint=f"Move {run_dir} away (or delete it), or compare into another --out.") from None
+    diff = recipe_differences(tomllib.loads(resolved_toml(recipe)), theirs)
+    if diff:
+        raise UserError(
+            f"{run_dir} holds a run of another recipe: {path} differs from {saved} in: "
+            + ", ".join(f"{k} ({a!r} here, {b!r} there)" for k, (a, b) in diff.items()),
+            hint=f"Give {path} its own run.name, compare into another --out, or delete {run_dir} to rerun it.")
+    return (run_dir / "final").is_dir()

@@ -24,33 +24,18 @@ Outputs land in --out (default runs/<run.name>): recipe.toml, metrics.jsonl, tok
 checkpoints/step-NNNNNNN/, final/.
 """
 
-# Keys that may differ between a run and its resume without changing the trajectory.
-_RESUME_FREE = ("log.", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
 
 def _check_resume_recipe(recipe, out: Path) -> None:
     import tomllib
 
     from ..errors import UserError
+    from ..recipe import recipe_differences
     from ..train.loop import resolved_toml
 
     saved_path = out / "recipe.toml"
     if not saved_path.is_file():
         raise UserError(f"--resume: {saved_path} is missing", hint="Resume needs the run directory that pretrain wrote.")
-    now = _flat(tomllib.loads(resolved_toml(recipe)))
-    saved = _flat(tomllib.loads(saved_path.read_text()))
-    diff = sorted(k for k in set(now) | set(saved)
-                  if now.get(k) != saved.get(k) and not k.startswith(_RESUME_FREE))
+    diff = recipe_differences(tomllib.loads(resolved_toml(recipe)), tomllib.loads(saved_path.read_text()))
     if diff:
         raise UserError(
             f"--resume: the recipe differs from the run's {saved_path} in: {', '.join(diff)}",

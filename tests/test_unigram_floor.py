@@ -206,3 +206,28 @@ def test_console_prints_the_floor_and_warns_when_the_final_model_is_not_clearly_
     assert "0.100 nats above the context-free floor" in cap.err and f"margin {FLOOR_MARGIN}" in cap.err
     c.log({**end, "eval_loss": 6.6 - FLOOR_MARGIN - 0.01, "loss_below_unigram": FLOOR_MARGIN + 0.01})
     assert "context-free floor" not in capsys.readouterr().err
+
+
+def test_ranks_split_the_floor_like_the_loss(bert_run):
+    """Under a launch each rank scores its share of the eval batches and the sums are all-reduced:
+    the two shares' floor sums add up to the one-process floor."""
+    from raptr_cli import floor as fl
+    from raptr_cli.evaluation import load_model_dir
+    from raptr_cli.recipe import load_recipe
+    from raptr_cli.train.data_setup import prepare_data
+    from raptr_cli.train.objective import objective_for
+    from raptr_cli.train.step import evaluate
+
+    recipe = load_recipe(bert_run / "recipe.toml")
+    rd = prepare_data(recipe, None, bert_run / "tokenizer.json")
+    model = load_model_dir(bert_run / "final", recipe, rd.vocab_size)
+    obj = objective_for(recipe, rd.specials, rd.vocab_size)
+    logp = fl.for_run(bert_run, rd.train, rd.tokenizer, rd.specials).log_probs()
+    t = recipe.train
+    args = (model, rd.eval, t.batch_size, t.eval_batches, obj, recipe.run.seed, "fp32")
+    whole = evaluate(*args, unigram=logp)
+    parts = [evaluate(*args, rank, 2, unigram=logp) for rank in (0, 1)]
+    assert sum(p["unigram_tokens"] for p in parts) == whole["unigram_tokens"]
+    assert sum(p["unigram_loss"] * p["unigram_tokens"] for p in parts) == \
+        pytest.approx(whole["unigram_loss"] * whole["unigram_tokens"], rel=1e-12)
+    assert whole["unigram_loss"] == pytest.approx(hand_floor(bert_run)[0], rel=1e-9)

@@ -170,7 +170,7 @@ def plot(result: dict, path: Path) -> Path | None:
 
 def _floor_lines(ax, runs: list[dict]) -> None:
     """A dashed grey horizontal line at each distinct context-free floor (runs on the same eval set
-    share one): a curve above it has learned nothing beyond word frequencies."""
+    share one): a curve near or above it has learned little beyond word frequencies."""
     floors = sorted({round(r["unigram_loss"], 4) for r in runs if r.get("unigram_loss") is not None})
     for u in floors:
         ax.axhline(u, color="grey", ls="--", lw=1.2, label=f"context-free floor (train unigram) {u:.4f}")

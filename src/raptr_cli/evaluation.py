@@ -75,7 +75,7 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
     objective = objective_for(recipe, rd.specials, rd.vocab_size)
     t = recipe.train
     n_batches = batches or t.eval_batches
-    unigram = run_unigram(run_dir, recipe_path, rd, tok_file, from_cache_only=bool(data))
+    unigram = run_unigram(run_dir, recipe_path, rd, tok_file, eval_only=bool(data))
     base = evaluate(model, rd.eval, t.batch_size, n_batches, objective, recipe.run.seed, precision,
                     unigram=unigram.log_probs())
     if base["eval_tokens"] == 0:
@@ -104,17 +104,17 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
     return out
 
 
-def run_unigram(run_dir: Path, recipe_path: Path, rd, tok_file: Path, from_cache_only: bool):
+def run_unigram(run_dir: Path, recipe_path: Path, rd, tok_file: Path, eval_only: bool):
     """The run's train-split unigram (floor.py): its cached counts, or a count of its train split.
 
-    With `raptr eval --data`, `rd` holds only the given files, so the train split is read only when
+    With `raptr eval --data` (`eval_only`), `rd` holds only the given files, so the train split is read only when
     the run has no usable cache (a run from before the floor existed): the counts always come from
     the run's own train split, never from the files being scored.
     """
     from . import floor
     from .train.data_setup import prepare_data
 
-    if not from_cache_only:
+    if not eval_only:
         return floor.for_run(run_dir, rd.train, rd.tokenizer, rd.specials)
     cached = floor.load_cached(run_dir, rd.tokenizer, rd.specials)
     if cached is not None:

@@ -1,5 +1,6 @@
 """Side-by-side evidence from finished runs: FLOPs, time, eval loss, eval loss at equal FLOPs,
-loss jumps at stage switches; written as compare.json, compare.md and loss_vs_flops.png."""
+loss jumps at stage switches, the context-free floor (floor.py) and how far below it each run
+ends; written as compare.json, compare.md and loss_vs_flops.png."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def summarize(run_dir: Path) -> dict:
         "steps": end["step"], "tokens": end["tokens"], "flops": end["flops"], "wall_s": end["elapsed_s"],
         "tokens_per_s": end["tokens"] / max(end["elapsed_s"], 1e-9),
         "final_eval_loss": evals[-1]["eval_loss"],
+        # the context-free floor of the final eval (floor.py); None for runs from before it existed
+        "unigram_loss": evals[-1].get("unigram_loss"), "loss_below_unigram": evals[-1].get("loss_below_unigram"),
         "best_eval_loss": min(r["eval_loss"] for r in full_evals) if full_evals else None,
         "transition_jumps": jumps,
         "curve": [(r["flops"], r["eval_loss"], r.get("eval_full_model", True)) for r in evals],
@@ -124,7 +127,8 @@ def check_comparable(runs: list[dict], allow_mixed: bool = False) -> None:
                             hint="Pass one of them, or train the second seed with another run.seed.")
 
 
-AGGREGATED = ("relative_flops", "final_eval_loss", "best_eval_loss", "eval_loss_at_equal_flops")
+AGGREGATED = ("relative_flops", "final_eval_loss", "best_eval_loss", "eval_loss_at_equal_flops",
+              "loss_below_unigram")
 
 
 def by_name(runs: list[dict]) -> list[dict]:
@@ -148,19 +152,23 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2))
     lines = [f"Eval loss at equal FLOPs is read at {result['equal_flops']:.3e} FLOPs (the smallest run's total).", "",
-             "| run | method | schedule | rel. FLOPs | wall s | tokens/s | final eval | best eval | eval @ equal FLOPs | switch jumps |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | method | schedule | rel. FLOPs | wall s | tokens/s | final eval | best eval | eval @ equal FLOPs "
+             "| switch jumps | unigram floor | below floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    f4 = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     for r in result["runs"]:
         eq = r["eval_loss_at_equal_flops"]
         best = r["best_eval_loss"]
         lines.append(
             f"| {r['name']} | {r['method']} | {r['schedule']} | {r['relative_flops']:.3f} | {r['wall_s']:.1f} | "
             f"{r['tokens_per_s']:,.0f} | {r['final_eval_loss']:.4f} | {'-' if best is None else f'{best:.4f}'} | "
-            f"{'-' if eq is None else f'{eq:.4f}'} | {', '.join(f'{j:+.3f}' for j in r['transition_jumps']) or '-'} |")
+            f"{'-' if eq is None else f'{eq:.4f}'} | {', '.join(f'{j:+.3f}' for j in r['transition_jumps']) or '-'} | "
+            f"{f4(r.get('unigram_loss'))} | {f4(r.get('loss_below_unigram'))} |")
     if "by_name" in result:
         lines += ["", "Mean over seeds (min - max):", "",
-                  "| run | method | schedule | seeds | rel. FLOPs | final eval | best eval | eval @ equal FLOPs |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| run | method | schedule | seeds | rel. FLOPs | final eval | best eval | eval @ equal FLOPs "
+                  "| below floor |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for g in result["by_name"]:
             cells = [spread(g[k], 3 if k == "relative_flops" else 4) for k in AGGREGATED]
             lines.append(f"| {g['name']} | {g['method']} | {g['schedule']} | {', '.join(map(str, g['seeds']))} | "
@@ -200,6 +208,7 @@ def plot(result: dict, path: Path) -> Path | None:
         colours.setdefault(r["name"], line.get_color())
         for f in r["stage_flops"] if first else []:
             ax.axvline(f, color=line.get_color(), ls=":", lw=0.8)
+    _floor_lines(ax, result["runs"])
     ax.set_xlabel("training FLOPs (layers that ran)")
     ax.set_ylabel("full-model eval loss")
     seeds = sorted({r["seed"] for r in result["runs"]})
@@ -210,3 +219,11 @@ def plot(result: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _floor_lines(ax, runs: list[dict]) -> None:
+    """A dashed grey horizontal line at each distinct context-free floor (runs on the same eval set
+    share one): a curve near or above it has learned little beyond word frequencies."""
+    floors = sorted({round(r["unigram_loss"], 4) for r in runs if r.get("unigram_loss") is not None})
+    for u in floors:
+        ax.axhline(u, color="grey", ls="--", lw=1.2, label=f"context-free floor (train unigram) {u:.4f}")

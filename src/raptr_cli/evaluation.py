@@ -75,11 +75,15 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
     objective = objective_for(recipe, rd.specials, rd.vocab_size)
     t = recipe.train
     n_batches = batches or t.eval_batches
-    base = evaluate(model, rd.eval, t.batch_size, n_batches, objective, recipe.run.seed, precision)
+    unigram = run_unigram(run_dir, recipe_path, rd, tok_file, eval_only=bool(data))
+    base = evaluate(model, rd.eval, t.batch_size, n_batches, objective, recipe.run.seed, precision,
+                    unigram=unigram.log_probs())
     if base["eval_tokens"] == 0:
         raise UserError("the eval data yields no scored tokens", hint="Give more eval text (--data) or check the run's eval split.")
     out = {"checkpoint": str(model_dir), "eval_loss": base["eval_loss"], "perplexity": math.exp(min(base["eval_loss"], 50)),
-           "accuracy": base["eval_accuracy"], "tokens": base["eval_tokens"]}
+           "accuracy": base["eval_accuracy"], "tokens": base["eval_tokens"],
+           **{k: base[k] for k in ("unigram_loss", "loss_below_unigram", "unigram_tokens",
+                                   "eval_loss_at_unigram_positions") if k in base}}
     if "eval_loss_by_denoiser" in base:
         out["eval_loss_by_denoiser"] = base["eval_loss_by_denoiser"]
     if path_lengths:
@@ -100,4 +104,23 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
     return out
 
 
-__all__ = ["locate", "load_model_dir", "run_eval"]
+def run_unigram(run_dir: Path, recipe_path: Path, rd, tok_file: Path, eval_only: bool):
+    """The run's train-split unigram (floor.py): its cached counts, or a count of its train split.
+
+    With `raptr eval --data` (`eval_only`), `rd` holds only the given files, so the train split is read only when
+    the run has no usable cache (a run from before the floor existed): the counts always come from
+    the run's own train split, never from the files being scored.
+    """
+    from . import floor
+    from .train.data_setup import prepare_data
+
+    if not eval_only:
+        return floor.for_run(run_dir, rd.train, rd.tokenizer, rd.specials)
+    cached = floor.load_cached(run_dir, rd.tokenizer, rd.specials)
+    if cached is not None:
+        return cached
+    own = prepare_data(load_recipe(recipe_path), None, tok_file)  # the run's split, without --data
+    return floor.fit(own.train, own.tokenizer, own.specials)
+
+
+__all__ = ["locate", "load_model_dir", "run_eval", "run_unigram"]

@@ -12,7 +12,8 @@ from .options import JsonOpt, SetOpt
 
 HELP = """Run recipes one after another on the same data and seed (or read finished runs) and compare
 them: relative FLOPs, wall time, tokens/s, final and best full-model eval loss, eval loss at equal
-FLOPs, loss jumps at stage switches. Writes compare.json, compare.md and loss_vs_flops.png to --out.
+FLOPs, loss jumps at stage switches, the context-free floor (train-split unigram loss at the same
+positions) and how far below it each run ends. Writes compare.json, compare.md and loss_vs_flops.png to --out.
 
 \b
 Examples:
@@ -100,20 +101,22 @@ def _print_table(result: dict) -> None:
     t = Table(title=f"eval loss at equal FLOPs read at {result['equal_flops']:.3e} FLOPs (the smallest run's total)",
               title_justify="left")
     for col in ("run", "method", "schedule", "rel. FLOPs", "wall s", "tok/s", "final eval", "best eval",
-                "eval @ equal FLOPs", "switch jumps"):
+                "eval @ equal FLOPs", "switch jumps", "unigram floor", "below floor"):
         t.add_column(col, justify="left" if col in ("run", "method", "schedule") else "right")
     f4 = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     for r in result["runs"]:
         t.add_row(r["name"], r["method"], r["schedule"], f"{r['relative_flops']:.3f}", f"{r['wall_s']:.1f}",
                   f"{r['tokens_per_s']:,.0f}", f4(r["final_eval_loss"]), f4(r["best_eval_loss"]),
-                  f4(r["eval_loss_at_equal_flops"]), " ".join(f"{j:+.3f}" for j in r["transition_jumps"]) or "-")
+                  f4(r["eval_loss_at_equal_flops"]), " ".join(f"{j:+.3f}" for j in r["transition_jumps"]) or "-",
+                  f4(r.get("unigram_loss")), f4(r.get("loss_below_unigram")))
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(t)
     if "by_name" in result:
         from ..comparison import AGGREGATED, spread
 
         g_t = Table(title="mean over seeds (min - max)", title_justify="left")
-        for col in ("run", "method", "schedule", "seeds", "rel. FLOPs", "final eval", "best eval", "eval @ equal FLOPs"):
+        for col in ("run", "method", "schedule", "seeds", "rel. FLOPs", "final eval", "best eval", "eval @ equal FLOPs",
+                    "below floor"):
             g_t.add_column(col, justify="left" if col in ("run", "method", "schedule", "seeds") else "right")
         for g in result["by_name"]:
             g_t.add_row(g["name"], g["method"], g["schedule"], ", ".join(map(str, g["seeds"])),

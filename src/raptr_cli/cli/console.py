@@ -35,6 +35,18 @@ def _layout(mem: dict) -> str:
     return f" ({mem.get('precision', 'fp32')}{split})"
 
 
+def _floor_text(row: dict) -> str:
+    """'  floor 6.6590 (0.1234 below)': the context-free floor of an eval (floor.py), if it has one."""
+    if row.get("unigram_loss") is None:
+        return ""
+    below = row["loss_below_unigram"]
+    return f"  floor {f4(row['unigram_loss'])} ({f4(abs(below))} {'below' if below >= 0 else 'above'})"
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"  # short: the stage table is wide already
+
+
 class Console:
     def __init__(self, mode: str = "rich"):
         self.mode = mode
@@ -106,7 +118,7 @@ class Console:
         elif "eval_loss" in row:
             depth = "" if row.get("eval_full_model", True) else f" (at current depth {row['eval_depth']}, not full)"
             self._print(f"step {row['step']:>6}  eval loss {f4(row['eval_loss'])}  "
-                        f"acc {row['eval_accuracy']:.3f}{depth}")
+                        f"acc {row['eval_accuracy']:.3f}{_floor_text(row)}{depth}")
         elif "loss" in row:
             self._train_row(row)
 
@@ -145,7 +157,7 @@ class Console:
         size = "depth" if rows[0].get("method") == "stacking" else "path"
         t = Table(title=title, title_justify="left")
         cols = ("stage", size, "steps", "tokens", "cum. FLOPs", "loss start", "loss end",
-                "switch loss", "eval loss", "tok/s", "TFLOP/s", "data %", "wall s")
+                "switch loss", "eval loss", "below floor", "tok/s", "TFLOP/s", "data %", "wall s")
         for c in cols:
             t.add_column(c, justify="right")
         for r in rows:
@@ -155,7 +167,8 @@ class Console:
                 f"{f4(r['loss_before_transition'])}->{f4(r['loss_after_transition'])}"
             ev = f4(r["eval_loss"]) + ("" if r.get("eval_full_model", True) else " (depth)")
             t.add_row(str(r["stage"]), ks, str(r["steps"]), si(r["tokens"]), si(r["flops"]),
-                      f4(r["loss_start"]), f4(r["loss_end"]), sw, ev, f"{r['tokens_per_s']:,.0f}",
+                      f4(r["loss_start"]), f4(r["loss_end"]), sw, ev, _signed(r.get("loss_below_unigram")),
+                      f"{r['tokens_per_s']:,.0f}",
                       f"{r.get('tflops_per_s', 0):.3f}", f"{100 * r.get('data_share', 0):.1f}",
                       f"{r['wall_s']:.1f}")
         return t
@@ -164,5 +177,9 @@ class Console:
         if len(self.stage_rows) > 1:
             self.out.print(self._table(self.stage_rows, "all stages"))
         self.out.print(f"done: {row['step']} steps, {si(row['tokens'])} tokens, {si(row['flops'])}FLOPs, "
-                       f"{row['elapsed_s']:.1f} s, final eval loss {f4(row.get('eval_loss'))}, "
-                       f"peak RSS {row.get('peak_rss_mb', 0):.0f} MB")
+                       f"{row['elapsed_s']:.1f} s, final eval loss {f4(row.get('eval_loss'))}"
+                       f"{_floor_text(row)}, peak RSS {row.get('peak_rss_mb', 0):.0f} MB")
+        from ..floor import floor_warning
+
+        if (w := floor_warning(row)) is not None:
+            self.warn(w)

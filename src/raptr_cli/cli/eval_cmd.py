@@ -11,7 +11,8 @@ import typer
 from .options import JsonOpt
 
 HELP = """Score a run's final model (or a checkpoint): full-model MLM loss, perplexity and accuracy,
-and with --path-lengths the mean loss of random k-layer paths (fixed layers on).
+the context-free floor (the run's train-split unigram loss at the same positions) and how far below
+it the model is, and with --path-lengths the mean loss of random k-layer paths (fixed layers on).
 
 \b
 Examples:
@@ -53,6 +54,13 @@ def eval_(
     c = Console()
     c.print(f"{res['checkpoint']}: eval loss [bold]{res['eval_loss']:.4f}[/], perplexity {res['perplexity']:.2f}, "
             f"MLM accuracy {res['accuracy']:.3f} over {res['tokens']} predicted tokens")
+    if res.get("unigram_loss") is not None:
+        # the context-free floor (floor.py): the run's train-split unigram at the same positions
+        where = f"the same {res['unigram_tokens']} positions" if "eval_loss_at_unigram_positions" not in res else \
+            f"the {res['unigram_tokens']} text targets (model {res['eval_loss_at_unigram_positions']:.4f} there)"
+        below = res["loss_below_unigram"]
+        c.print(f"context-free floor (train-split unigram) {res['unigram_loss']:.4f} at {where}: "
+                f"[bold]{abs(below):.4f}[/] nats {'below' if below >= 0 else 'above'} it", soft_wrap=True)
     if "by_path_length" in res:
         t = Table(title=f"loss by path length (mean of {res['paths_per_length']} random paths, fixed layers on)",
                   title_justify="left")

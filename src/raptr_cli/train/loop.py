@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import floor
 from .. import flops as F
 from ..errors import UserError
 from ..models import build_model, resolve_model_config
@@ -111,6 +112,7 @@ class Trainer:
         self.dims = model_dims(self.cfg, t.seq_len)
         sp = self.data.specials
         self.objective = objective_for(recipe, sp, self.data.vocab_size)
+        self.floor = floor.for_run(out, self.data.train, self.data.tokenizer, sp)  # counted once per run
         self.warmup = warmup_steps_of(recipe.optim, t.steps)
         self.peak = device_peak(self.device, self.precision)
         self.state = {"tokens": 0, "flops": 0.0, "elapsed_s": 0.0, "world_size": self.world,
@@ -281,7 +283,7 @@ class Trainer:
         # sharded: every rank runs every eval batch, so all ranks make the same collective calls
         rank, world = (0, 1) if self.sharded else (self.rank, self.world)
         res = evaluate(self.model, self.data.eval, t.batch_size, t.eval_batches, self.objective, self.r.run.seed,
-                       self.precision, rank, world)
+                       self.precision, rank, world, unigram=self.floor.log_probs())
         full = self.state["depth"] == self.cfg.num_layers
         row = {"step": self.step, **res, "eval_depth": self.state["depth"], "eval_full_model": full,
                "flops": self.state["flops"], "tokens": self.state["tokens"]}
@@ -290,6 +292,8 @@ class Trainer:
         return row
 
     def run(self) -> dict:
+        if self.acc.is_main_process:  # for `raptr eval` (also --data): see floor.py
+            self.floor.save(self.out)
         with self.stop:  # every rank listens: a launcher or scheduler may signal all or only some
             try:
                 return self._run()
@@ -408,6 +412,7 @@ class Trainer:
             "loss_before_transition": s.get("loss_before_transition"),
             "loss_after_transition": s.get("loss_after_transition"),
             "eval_loss": ev["eval_loss"], "eval_full_model": ev["eval_full_model"],
+            **{k: ev.get(k) for k in floor.KEYS},
             "tokens_per_s": tokens / max(train_s, 1e-9), "wall_s": round(elapsed, 3),
             "tflops_per_s": (self.state["flops"] - s["flops_start"]) / max(train_s, 1e-9) / 1e12,
             "data_share": (self.state["data_s"] - s["data_start"]) / max(train_s, 1e-9),
@@ -430,7 +435,7 @@ class Trainer:
             summary = {"event": "run_end", "step": self.step, "tokens": self.state["tokens"],
                        "peak_rss_mb": peak_rss_mb(),
                        "flops": self.state["flops"], "elapsed_s": round(self.state["elapsed_s"], 3)}
-            summary["eval_loss"] = ev["eval_loss"]
+            summary.update(eval_loss=ev["eval_loss"], **{k: ev.get(k) for k in floor.KEYS})
             self.log.log(summary)
         return {"step": self.step, **self.state}
 

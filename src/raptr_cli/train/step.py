@@ -100,18 +100,21 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
 
 @torch.no_grad()
 def evaluate(model, blocks: torch.Tensor, batch_size: int, n_batches: int, objective, seed: int,
-             precision: str, rank: int = 0, world: int = 1, layers: list[int] | None = None) -> dict:
+             precision: str, rank: int = 0, world: int = 1, layers: list[int] | None = None,
+             unigram: torch.Tensor | None = None) -> dict:
     """Mean loss and token accuracy over fixed eval batches (inputs fixed by (seed, batch index)),
     plus, for objectives with groups (UL2 denoisers), the loss of each group.
 
     `layers=None` runs the full model without scaling (the method's eval); a path-length eval
-    passes explicit layers.
+    passes explicit layers. `unigram` (log-probs (V,), -inf at specials; floor.py) adds the
+    context-free floor at these very labels: `unigram_loss`, `loss_below_unigram`.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     names = objective.group_names
-    sums = [0.0] * (3 + 2 * len(names))  # loss*n, correct, n, then (loss*n, n) per group
+    u0 = 3 + 2 * len(names)
+    sums = [0.0] * (u0 + 3)  # loss*n, correct, n, (loss*n, n) per group, then the floor's 3 sums
     n_batches = min(n_batches, max(1, len(blocks) // batch_size))
     for b in range(rank, n_batches, world):
         rows = blocks[b * batch_size:(b + 1) * batch_size]
@@ -136,12 +139,38 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int, n_batches: int, objec
             if g is not None:
                 sums[3 + 2 * g] += loss
                 sums[4 + 2 * g] += n
+            if unigram is not None:
+                _floor_sums(sums, u0, unigram, batch["labels"][sel], out.logits, y, loss, n)
     if world > 1:
         sums = all_sum(sums, device)
     model.train(was_training)
     res = {"eval_loss": sums[0] / max(sums[2], 1), "eval_accuracy": sums[1] / max(sums[2], 1),
            "eval_tokens": int(sums[2])}
+    if unigram is not None:
+        from ..floor import floor_fields
+
+        res.update(floor_fields(sums[u0], sums[u0 + 1], int(sums[u0 + 2])))
+        if 0 < int(sums[u0 + 2]) != res["eval_tokens"]:  # UL2: the floor leaves the marker targets out
+            res["eval_loss_at_unigram_positions"] = sums[u0 + 1] / max(sums[u0 + 2], 1)
     if names:
         res["eval_loss_by_denoiser"] = {name: sums[3 + 2 * i] / sums[4 + 2 * i]
                                         for i, name in enumerate(names) if sums[4 + 2 * i] > 0}
     return res
+
+
+def _floor_sums(sums: list[float], u0: int, unigram: torch.Tensor, labels: torch.Tensor,
+                logits: torch.Tensor, y: torch.Tensor, loss_sum: float, n: int) -> None:
+    """Add the unigram's and the model's summed loss, and the count, over the labels (host, B x T)
+    the unigram can score (not special), to sums[u0:u0 + 3]."""
+    lp = unigram[labels[labels != -100].long()]  # (n,) in the row-major order of the logits
+    keep = torch.isfinite(lp)
+    k = int(keep.sum())
+    if k == 0:
+        return
+    sums[u0] += float(-lp[keep].sum())
+    sums[u0 + 2] += k
+    if k == n:  # every label scored (MLM): the model's sum is the loss already computed
+        sums[u0 + 1] += loss_sum
+    else:
+        ce = torch.nn.functional.cross_entropy(logits.float(), y[y != -100], reduction="none")
+        sums[u0 + 1] += float(ce[keep.to(ce.device)].sum())

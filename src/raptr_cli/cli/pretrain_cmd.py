@@ -49,13 +49,19 @@ def _check_resume_recipe(recipe, out: Path) -> None:
         raise UserError(f"--resume: {saved_path} is missing", hint="Resume needs the run directory that pretrain wrote.")
     now = _flat(tomllib.loads(resolved_toml(recipe)))
     saved = _flat(tomllib.loads(saved_path.read_text()))
+    legacy = "data.split_seed" not in saved
+    if legacy:  # a run from before data.split_seed: its blocks were held out by run.seed
+        saved.setdefault("data.eval_split", "blocks")
+        saved["data.split_seed"] = saved.get("run.seed", 0)
     diff = sorted(k for k in set(now) | set(saved)
                   if now.get(k) != saved.get(k) and not k.startswith(_RESUME_FREE))
     if diff:
-        raise UserError(
-            f"--resume: the recipe differs from the run's {saved_path} in: {', '.join(diff)}",
-            hint=f"Resume with `raptr pretrain {saved_path} --out {out} --resume` to continue exactly.",
-        )
+        hint = f"Resume with `raptr pretrain {saved_path} --out {out} --resume` to continue exactly"
+        if legacy and "data.split_seed" in diff:
+            hint += (f", adding --set data.split_seed={saved['data.split_seed']} (the run predates "
+                     "data.split_seed: its eval split followed run.seed)")
+        raise UserError(f"--resume: the recipe differs from the run's {saved_path} in: {', '.join(diff)}",
+                        hint=hint + ".")
 
 
 # accelerate tracker name -> the module it needs

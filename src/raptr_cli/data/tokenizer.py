@@ -11,7 +11,10 @@ in any process, with any thread count. `tokenizers`' own WordPieceTrainer is not
 break ties between equally frequent merges, so both the id order and, at the vocab_size cut,
 the token set can change between runs. Here the continuation symbols are private-use characters
 that the (same, Rust) BPE trainer sorts with the rest of the alphabet, so every tie is broken
-the same way; the ids are then laid out canonically (`canonical_vocab`).
+the same way; the ids are then laid out canonically (`canonical_vocab`). (One order the Rust
+trainer still leaves to its heap: two queue entries for the same pair at the same count, which
+needs one token formed by two different merges plus a count coincidence; Shakespeare at 8192
+has no token formed twice, for WordPiece or for UL2's BPE.)
 """
 
 from __future__ import annotations
@@ -53,10 +56,10 @@ def canonical_vocab(specials: Sequence[str], tokens: Iterable[str], merged: Iter
     merge produces) sorted by `symbol_key` (default: code point), then the tokens `merged` yields,
     in merge order (a token produced twice keeps its first place).
 
-    The order depends only on the token set and the merge order, never on hash or thread order;
-    the merge order is the trainer's (ties between equal counts broken by the ids of the pair,
-    which this order makes deterministic by induction). ValueError if `tokens` and the merges
-    disagree.
+    The order depends only on the token set and the merge order, never on hash or thread order.
+    The merge order is the trainer's: it breaks ties between equally frequent pairs by the ids
+    it gave the pair's parts, so it is deterministic when those are (train_wordpiece and
+    train_bpe see to it). ValueError if `tokens` and the merges disagree.
     """
     tokens = set(tokens)
     order = list(dict.fromkeys(specials))

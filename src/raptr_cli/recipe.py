@@ -60,7 +60,11 @@ class DataConfig:
     eval: list[str] = field(default_factory=list)
     """Held-out text in the same forms; empty = hold out `eval_fraction` of the packed training blocks."""
     eval_fraction: float = 0.05
-    """Share of packed blocks held out for eval when `data.eval` is empty."""
+    """Share held out for eval when `data.eval` is empty: of the packed blocks ("blocks"), or of the documents, at least one ("documents")."""
+    eval_split: Literal["blocks", "documents"] = "blocks"
+    """What is held out: random packed blocks, or whole documents (a .txt file, e.g. a whole play, or a .jsonl row) that training never sees, the tokenizer included."""
+    split_seed: int = 0
+    """Seeds the held-out split, apart from run.seed: every seed is scored on the same eval set."""
     text_field: str = "text"
     """Field holding the text in .jsonl/.json/.parquet inputs."""
     cache_dir: str = ""

@@ -35,12 +35,20 @@ def _check_resume_recipe(recipe, out: Path) -> None:
     saved_path = out / "recipe.toml"
     if not saved_path.is_file():
         raise UserError(f"--resume: {saved_path} is missing", hint="Resume needs the run directory that pretrain wrote.")
-    diff = recipe_differences(tomllib.loads(resolved_toml(recipe)), tomllib.loads(saved_path.read_text()))
+    saved = tomllib.loads(saved_path.read_text())
+    legacy = "split_seed" not in saved.get("data", {})
+    if legacy:  # a run from before data.split_seed: its blocks were held out by run.seed
+        data = saved.setdefault("data", {})
+        data.setdefault("eval_split", "blocks")
+        data["split_seed"] = saved.get("run", {}).get("seed", 0)
+    diff = list(recipe_differences(tomllib.loads(resolved_toml(recipe)), saved))
     if diff:
-        raise UserError(
-            f"--resume: the recipe differs from the run's {saved_path} in: {', '.join(diff)}",
-            hint=f"Resume with `raptr pretrain {saved_path} --out {out} --resume` to continue exactly.",
-        )
+        hint = f"Resume with `raptr pretrain {saved_path} --out {out} --resume` to continue exactly"
+        if legacy and "data.split_seed" in diff:
+            hint += (f", adding --set data.split_seed={saved['data']['split_seed']} (the run predates "
+                     "data.split_seed: its eval split followed run.seed)")
+        raise UserError(f"--resume: the recipe differs from the run's {saved_path} in: {', '.join(diff)}",
+                        hint=hint + ".")
 
 
 # accelerate tracker name -> the module it needs

@@ -6,7 +6,7 @@ Typical use (the trainer's view)::
     docs = load_documents(files)
     tok = train_wordpiece(docs, vocab_size=8192)            # or load_tokenizer(path)
     blocks = pack_documents(docs, tok, seq_len, cache_root() / "packed")   # (N, seq_len) int32
-    train, held = split_blocks(blocks, eval_fraction=0.05, seed=seed)
+    train, held = split_blocks(blocks, eval_fraction=0.05, seed=split_seed)   # or split_documents(docs, ...)
     idx = batch_indices(step, batch_size, len(train), seed)   # pure in (seed, step)
     ids = special_ids(tok)
     inputs, labels = mask_tokens(train[idx].long(), seed=seed, step=step, mlm_probability=0.15,
@@ -26,7 +26,14 @@ from raptr_cli.data.corpus import (
 )
 from raptr_cli.data.files import DATA_SUFFIXES, load_documents, parse_hf_spec, resolve_data_files
 from raptr_cli.data.masking import IGNORE_INDEX, mask_tokens
-from raptr_cli.data.packing import batch_indices, epoch_of, pack_documents, seed_for, split_blocks
+from raptr_cli.data.packing import (
+    batch_indices,
+    epoch_of,
+    pack_documents,
+    seed_for,
+    split_blocks,
+    split_documents,
+)
 from raptr_cli.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, train_wordpiece
 
 __all__ = [
@@ -49,5 +56,6 @@ __all__ = [
     "seed_for",
     "special_ids",
     "split_blocks",
+    "split_documents",
     "train_wordpiece",
 ]

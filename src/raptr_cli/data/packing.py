@@ -112,6 +112,7 @@ def pack_documents(
     seq_len: int,
     cache_dir: Path | None,
     layout: str = "bert",
+    key: str = "data.train",
 ) -> torch.Tensor:
     """Tokenise and pack `documents` into int32 blocks of shape (N, seq_len).
 
@@ -119,7 +120,8 @@ def pack_documents(
     padded with -1 (`_chunk`), for objectives that build their own sequences (UL2).
 
     With `cache_dir`, the blocks are stored as ``packed-<key>.safetensors`` and a rerun with the
-    same documents, tokenizer and seq_len loads them instead of tokenising.
+    same documents, tokenizer and seq_len loads them instead of tokenising. `key` names the
+    documents in the error raised when they fill no block.
     """
     if seq_len < 3:
         raise UserError(
@@ -142,7 +144,7 @@ def pack_documents(
     if blocks.shape[0] == 0:
         total = sum(len(d) for d in documents)
         raise UserError(
-            f"data.train is too small for one block of train.seq_len = {seq_len} tokens "
+            f"{key} is too small for one block of train.seq_len = {seq_len} tokens "
             f"({len(documents)} documents, {total} characters).",
             hint="Add data or lower train.seq_len.",
         )
@@ -185,6 +187,32 @@ def split_blocks(
     eval_idx, _ = perm[:n_eval].sort()
     train_idx, _ = perm[n_eval:].sort()
     return blocks[train_idx], blocks[eval_idx]
+
+
+def split_documents(
+    documents: Sequence[str], eval_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Hold out round(n * eval_fraction) random whole documents (at least 1 when the fraction
+    is > 0), as split_blocks does for blocks: deterministic in (seed, n), both parts in the
+    original order, so no text of a held-out document reaches training."""
+    n = len(documents)
+    if not 0.0 <= eval_fraction < 1.0:
+        raise UserError(
+            f"The eval fraction {eval_fraction} is not in [0, 1).",
+            hint="Use e.g. 0.05 to hold out 5% of the documents, or 0 for no holdout.",
+        )
+    n_eval = 0 if eval_fraction == 0 else max(1, round(n * eval_fraction))
+    if n_eval >= n:
+        raise UserError(
+            f"Holding out {n_eval} of {n} documents (data.eval_split = \"documents\") would "
+            "leave nothing to train on.",
+            hint="Add documents, lower data.eval_fraction, use data.eval_split = \"blocks\", "
+            "or give a separate `data.eval`.",
+        )
+    gen = torch.Generator().manual_seed(seed_for("holdout-documents", seed))
+    held = set(torch.randperm(n, generator=gen)[:n_eval].tolist())
+    return ([d for i, d in enumerate(documents) if i not in held],
+            [d for i, d in enumerate(documents) if i in held])
 
 
 @lru_cache(maxsize=8)

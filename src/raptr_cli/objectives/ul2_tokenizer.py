@@ -4,14 +4,22 @@ Specials in id order: [PAD]=0, [BOS], [EOS], [UNK], the paradigm (mode) tokens [
 [S2S], then the sentinels <extra_id_0>.. <extra_id_{n-1}> (T5's names). [UNK] never occurs in
 byte-level encoding (every byte is in the alphabet); it is kept so generic code that asks for
 an unknown token finds one.
+
+Training is deterministic (the same documents and settings give a byte-identical tokenizer.json
+in any process and with any thread count): the byte alphabet is sorted, ties between equally
+frequent merges are broken by the ids of the pair, and word counts are exact integer sums, so
+the trainer's merge order is a pure function of the corpus. `canonical_bpe` then lays the ids
+out from that merge order, so they never depend on how the trainer numbered them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from raptr_cli.data.tokenizer import canonical_vocab
 from raptr_cli.errors import UserError
 
 BASE_SPECIALS: dict[str, str] = {
@@ -50,7 +58,25 @@ def train_bpe(documents: Iterable[str], vocab_size: int, n_sentinels: int = 100,
         show_progress=False,  # progress bars would garble --json output and CI logs
     )
     tok.train_from_iterator(documents, trainer=trainer)
-    return tok
+    return canonical_bpe(tok, specials)
+
+
+def canonical_bpe(tok: Tokenizer, specials: list[str]) -> Tokenizer:
+    """`tok` with ids re-derived from its merges: `specials` in order, the alphabet by code
+    point, then each merge's result in merge (rank) order. The merges themselves are kept: their
+    order is what BPE applies, so only the numbering is canonical, and the merges stay consistent
+    with the vocabulary because the JSON names merges by token, not id. Returns `tok` itself
+    when it is already canonical (the trainer's own layout is this one)."""
+    data = json.loads(tok.to_str())
+    model = data["model"]
+    merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
+    vocab = canonical_vocab(specials, model["vocab"], (a + b for a, b in merges))
+    if vocab == model["vocab"] and list(vocab) == list(model["vocab"]):
+        return tok
+    model["vocab"] = vocab
+    for added in data["added_tokens"]:
+        added["id"] = vocab[added["content"]]
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def ul2_special_ids(tok: Tokenizer) -> dict:

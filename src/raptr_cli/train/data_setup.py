@@ -13,7 +13,7 @@ import torch
 
 from ..data.corpus import cache_root
 from ..data.files import load_documents, resolve_data_files
-from ..data.packing import pack_documents, split_blocks
+from ..data.packing import pack_documents, split_blocks, split_documents
 from ..data.tokenizer import load_tokenizer, special_ids, train_wordpiece
 from ..errors import UserError
 from ..recipe import Recipe
@@ -81,7 +81,8 @@ def _tokenizer_for(recipe: Recipe, docs: list[str], out_dir: Path | None) -> obj
     for d in docs:
         h.update(hashlib.sha256(d.encode()).digest())
     kind = "bpe" if recipe.model.arch == "ul2" else "wordpiece"
-    h.update(f"{kind}|{t.vocab_size}|{t.lowercase}|{t.min_frequency}".encode())
+    # v2: deterministic training (canonical ids); tokenizers cached before it are retrained
+    h.update(f"{kind}-v2|{t.vocab_size}|{t.lowercase}|{t.min_frequency}".encode())
     cached = _blocks_cache(recipe) / "tokenizers" / f"{h.hexdigest()[:24]}.json"
     if cached.is_file():
         return _load(recipe, cached)
@@ -103,6 +104,10 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
                  eval_only: bool = False) -> RunData:
     """Resolve files, load/train the tokenizer, tokenise+pack (cached), split eval.
 
+    Without `data.eval` the held-out part depends on `data.split_seed` only, never on run.seed;
+    with `data.eval_split = "documents"` it is whole documents, split off before the tokenizer
+    is trained, so nothing of them is seen in training.
+
     `tokenizer_file` (a resumed run's OUT/tokenizer.json) takes precedence so a resume can never
     silently retokenise with a different vocabulary. `eval_only` with `data.eval` set and a
     tokenizer file reads only the eval files (`raptr eval --data`).
@@ -112,19 +117,26 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
     if eval_only and d.eval and tokenizer_file:
         tok = _load(recipe, tokenizer_file)
         eval_docs = load_documents(resolve_data_files(d.eval, recipe.base_dir, "data.eval"), text_field=d.text_field)
-        evals = pack_documents(eval_docs, tok, seq_len, _blocks_cache(recipe), layout=layout)
+        evals = pack_documents(eval_docs, tok, seq_len, _blocks_cache(recipe), layout=layout, key="data.eval")
         return RunData(tokenizer=tok, specials=specials_of(recipe, tok), train=evals[:0], eval=evals,
                        documents=len(eval_docs))
     train_files = resolve_data_files(d.train, recipe.base_dir, "data.train")
     docs = load_documents(train_files, text_field=d.text_field)
+    held: list[str] | None = None
+    if not d.eval and d.eval_split == "documents":
+        docs, held = split_documents(docs, d.eval_fraction, d.split_seed)
     tok = _load(recipe, tokenizer_file) if tokenizer_file else _tokenizer_for(recipe, docs, out_dir)
     cache = _blocks_cache(recipe)
     blocks = pack_documents(docs, tok, seq_len, cache, layout=layout)
     if d.eval:
         eval_docs = load_documents(resolve_data_files(d.eval, recipe.base_dir, "data.eval"), text_field=d.text_field)
-        train, evals = blocks, pack_documents(eval_docs, tok, seq_len, cache, layout=layout)
+        train, evals = blocks, pack_documents(eval_docs, tok, seq_len, cache, layout=layout, key="data.eval")
+    elif held is not None:
+        train = blocks
+        evals = pack_documents(held, tok, seq_len, cache, layout=layout,
+                               key="the held-out documents") if held else blocks[:0]
     else:
-        train, evals = split_blocks(blocks, d.eval_fraction, recipe.run.seed)
+        train, evals = split_blocks(blocks, d.eval_fraction, d.split_seed)
     if len(train) == 0:
         raise UserError(
             f"data.train yields no full block of train.seq_len = {seq_len} tokens",

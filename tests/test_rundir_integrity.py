@@ -185,9 +185,20 @@ def test_a_run_set_aside_by_a_killed_overwrite_is_restored(world: Path, tmp_path
     res = cli("pretrain", world / "recipe.toml", "--out", run, "--set", "log.console=plain")
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "already holds a run" in text, res.output
-    assert f"restored the run in {run} that an interrupted --overwrite (process {pid}) had set aside in {hidden}" in text
+    assert (f"restored the run in {run} that an interrupted --overwrite (process {pid}) had set aside "
+            f"in {hidden}") in text
     assert snapshot(run) == before  # byte for byte and mtime for mtime; no .lock, no hidden folder left
     assert not hidden.exists()
+
+
+def test_a_sigterm_during_an_overwrites_start_puts_the_old_run_back_at_once(world: Path, tmp_path: Path) -> None:
+    run = world / "run"
+    before = snapshot(run)
+    proc, pid = spawn_holding(["pretrain", world / "recipe.toml", "--out", run, "--overwrite"], tmp_path, "data")
+    assert (run / f".overwritten-{pid}").is_dir()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, (tmp_path / "stderr.txt").read_text()
+    assert snapshot(run) == before and sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
 
 
 def test_the_killed_starts_own_files_do_not_block_the_restore(world: Path, cli) -> None:
@@ -366,3 +377,16 @@ def test_a_full_disk_while_writing_final_keeps_the_last_checkpoint(world: Path, 
     monkeypatch.undo()
     run_ok(cli, "pretrain", out / "recipe.toml", "--out", out, "--resume")  # writes final/ from step 6
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_full_disk_while_logging_exits_1_naming_the_intact_checkpoint(world: Path, cli, monkeypatch) -> None:
+    from raptr_cli.train import metrics
+
+    out = world / "again"
+    real = metrics.JsonlSink.log
+    monkeypatch.setattr(metrics.JsonlSink, "log",
+                        lambda self, row: enospc() if row.get("step") == 5 else real(self, row))
+    res = cli("pretrain", world / "recipe.toml", "--out", out)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), repr(res.exception)
+    assert f"disk full at {out}, previous checkpoint step 4 is intact" in text, text

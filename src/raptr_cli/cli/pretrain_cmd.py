@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -154,6 +155,28 @@ def pretrain(
             lock.release()
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """Until the trainer installs its own handlers, SIGTERM raises SystemExit(143) instead of ending
+    the process on the spot, so a start stopped while it reads its data puts an --overwrite'd run
+    back (the rollback below). A SIGKILL cannot be caught: the next start restores that one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    saved = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
 def _train(r, out_dir: Path, acc, console, resume: bool, overwrite: bool) -> None:
     """pretrain's training part, run with the run directory locked."""
     from ..train import checkpoint as ckpt
@@ -176,7 +199,8 @@ def _train(r, out_dir: Path, acc, console, resume: bool, overwrite: bool) -> Non
     sink = console if acc.is_main_process else None
     try:
         try:
-            trainer = Trainer(r, out_dir, acc, console=sink, resume=resume)
+            with _sigterm_exits():
+                trainer = Trainer(r, out_dir, acc, console=sink, resume=resume)
         except BaseException:
             if staged is not None:  # bad data or tokenizer: put an --overwrite'd run back untouched
                 staged.rollback()

@@ -190,7 +190,8 @@ class Trainer:
                 hint="Resume with the data the run was started with (the files named in OUT/recipe.toml).")
         if st.get("depth", 0) > self.cfg.num_layers or "depth" not in st:  # (its type: read_state)
             raise UserError(f"{path / 'trainer_state.json'}: depth = {st.get('depth')} does not fit the "
-                            f"model's {self.cfg.num_layers} layers", hint="Delete that checkpoint to resume from the previous one.")
+                            f"model's {self.cfg.num_layers} layers",
+                            hint="Delete that checkpoint to resume from the previous one.")
         if st["depth"] != self.state["depth"]:
             self._build(st["depth"])
         if self.sharded:  # every rank reads the full tensors, then keeps its shards

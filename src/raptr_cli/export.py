@@ -31,6 +31,7 @@ from .errors import UserError
 from .evaluation import locate
 from .models.presets import BertConfig, DecoderConfig
 from .train import checkpoint as ckpt
+from .train.rundir import refuse_if_running
 
 TARGETS = ("hf",)
 """Export formats `raptr export --to` accepts."""
@@ -50,9 +51,11 @@ def export_hf(target: Path, out_dir: Path, overwrite: bool = False) -> Path:
     `out_dir` in transformers' layout; returns `out_dir`.
 
     Refuses (UserError) a non-empty `out_dir` unless `overwrite`, an `out_dir` that holds the
-    source run, a pre-LN BERT, and a tokenizer that does not fit the model.
+    source run, a source run still being written (its lock is held), a pre-LN BERT, and a tokenizer
+    that does not fit the model.
     """
     run_dir, model_dir = locate(Path(target))
+    refuse_if_running(run_dir)  # a run in progress may replace final/ or prune this checkpoint meanwhile
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, [run_dir, model_dir], overwrite)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -128,16 +129,62 @@ def pretrain(
     check_trackers(r.log.trackers)
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other", hint="Pick one.")
-    if resume:
-        _check_resume_recipe(r, out_dir)
 
     import torch
     from accelerate import Accelerator
 
-    from ..train.loop import Interrupted, Trainer, TrainingDiverged, prepare_out_dir, write_recipe
+    from ..train.rundir import RunLock
 
     acc = Accelerator(cpu=not torch.cuda.is_available(),
                       log_with=r.log.trackers or None, project_dir=str(out_dir))
+    # One process writes a run directory: rank 0 locks it for every rank of its launch, before
+    # anything in it is read or changed; the other ranks touch nothing until it holds the lock.
+    lock = RunLock(out_dir).acquire(create=not resume) if acc.is_main_process else None
+    try:
+        acc.wait_for_everyone()
+        _train(r, out_dir, acc, console, resume, overwrite)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """Until the trainer installs its own handlers, SIGTERM raises SystemExit(143) instead of ending
+    the process on the spot, so a start stopped while it reads its data puts an --overwrite'd run
+    back (the rollback below). A SIGKILL cannot be caught: the next start restores that one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    saved = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
+def _train(r, out_dir: Path, acc, console, resume: bool, overwrite: bool) -> None:
+    """pretrain's training part, run with the run directory locked."""
+    from ..train import checkpoint as ckpt
+    from ..train.loop import Interrupted, Trainer, TrainingDiverged, prepare_out_dir, write_recipe
+    from ..train.rundir import recover_overwritten
+
+    if acc.is_main_process:
+        notes, warnings = recover_overwritten(out_dir)
+        for msg in notes:
+            console.note(msg)
+        for msg in warnings:
+            console.warn(msg)
+    acc.wait_for_everyone()
+    if resume:
+        _check_resume_recipe(r, out_dir)
     staged = prepare_out_dir(out_dir, resume, overwrite) if acc.is_main_process else None
     acc.wait_for_everyone()
     if r.log.trackers:
@@ -145,7 +192,8 @@ def pretrain(
     sink = console if acc.is_main_process else None
     try:
         try:
-            trainer = Trainer(r, out_dir, acc, console=sink, resume=resume)
+            with _sigterm_exits():
+                trainer = Trainer(r, out_dir, acc, console=sink, resume=resume)
         except BaseException:
             if staged is not None:  # bad data or tokenizer: put an --overwrite'd run back untouched
                 staged.rollback()
@@ -171,6 +219,14 @@ def pretrain(
     except TrainingDiverged as e:
         if acc.is_main_process:  # every rank sees the same non-finite global grad norm
             console.error(str(e))
+        raise typer.Exit(1) from None
+    except ckpt.DiskFull as e:  # rank 0 writes; the launcher stops the other ranks when it exits
+        console.error(str(e))
+        raise typer.Exit(1) from None
+    except OSError as e:
+        if e.errno not in ckpt.DISK_FULL:
+            raise
+        console.error(f"disk full at {e.filename or out_dir}, {ckpt.intact_checkpoint(out_dir)}")
         raise typer.Exit(1) from None
     if sink is not None:
         console.note(f"outputs in {out_dir}/ (metrics.jsonl, checkpoints/, final/)")

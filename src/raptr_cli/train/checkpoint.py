@@ -6,15 +6,20 @@ weights_only=True), trainer_state.json (step, depth, counters, world size). Ever
 resume needs (data order, masks, layer paths, dropout seeds) is a pure function of (seed, step).
 
 Written to a hidden temporary directory, fsynced, then renamed: a kill mid-save leaves the
-previous checkpoint untouched and no half-written directory under a real name.
+previous checkpoint untouched and no half-written directory under a real name. A save that fails
+removes its temporary; on a full disk it raises `DiskFull`, saying which checkpoint is intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
+import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,6 +29,55 @@ from ..data.corpus import sha256_file
 from ..errors import UserError
 
 PREFIX = "step-"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(Exception):
+    """A checkpoint or final/ could not be written for lack of space (its temporary is removed)."""
+
+
+def is_disk_full(e: BaseException, where: Path) -> bool:
+    """Whether a failed write ran out of space. Python's own writes raise OSError(ENOSPC/EDQUOT);
+    safetensors names the OS error in its message; torch.save to a path only reports "unexpected
+    pos" (nothing chained), so for it the free space left at `where` decides."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    if any(f"os error {n})" in text for n in DISK_FULL):
+        return True
+    if "unexpected pos" in text or "file write failed" in text:
+        try:
+            return shutil.disk_usage(where).free < 64 * 2**20
+        except OSError:
+            return False
+    return False
+
+
+def intact_checkpoint(root: Path) -> str:
+    """'previous checkpoint step N is intact (PATH)', or that there is none, for a failed save's message."""
+    found = list_checkpoints(root)
+    if not found:
+        return "no previous checkpoint exists"
+    return f"previous checkpoint step {int(found[-1].name[len(PREFIX):])} is intact ({found[-1]})"
+
+
+@contextlib.contextmanager
+def writing(tmp: Path, target: Path, root: Path) -> Iterator[None]:
+    """Guard the writes into temporary directory `tmp` (renamed to `target` afterwards): on any
+    failure remove `tmp` (a half-written copy would keep a full disk full); a full disk becomes
+    DiskFull naming `target` and the newest complete checkpoint of the run at `root`."""
+    try:
+        yield
+    except BaseException as e:
+        full = isinstance(e, Exception) and is_disk_full(e, tmp if tmp.exists() else root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not full:
+            raise
+        raise DiskFull(f"disk full at {target}, {intact_checkpoint(root)}; the partial copy was removed. "
+                       "Free space, then continue the run with --resume.") from e
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,20 +103,21 @@ def save_checkpoint(root: Path, step: int, model, optimizer_state: dict, state: 
     """Atomically write checkpoint `step` under root/checkpoints; prune to the newest `keep`.
     `optimizer_state`: `optimizer.state_dict()`, or a sharded run's gathered full state dict."""
     ckpts = root / "checkpoints"
-    ckpts.mkdir(parents=True, exist_ok=True)
     final = ckpts / f"{PREFIX}{step:07d}"
     tmp = ckpts / f".tmp-{PREFIX}{step:07d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    write_model_dir(tmp, model, arch)
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-    # size and sha256 of every file: truncation (a full disk, a partial rsync) and silent corruption
-    # are caught at load (hashing costs about 1 s per GB)
-    manifest = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in tmp.iterdir()}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    _fsync_dir(tmp)
+    with writing(tmp, final, root):
+        ckpts.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write_model_dir(tmp, model, arch)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        # size and sha256 of every file: truncation (a full disk, a partial rsync) and silent corruption
+        # are caught at load (hashing costs about 1 s per GB)
+        manifest = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in tmp.iterdir()}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it atomically enough
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -97,11 +152,19 @@ def read_state(ckpt: Path) -> dict:
     try:
         state = json.loads((ckpt / "trainer_state.json").read_text())
         config = json.loads((ckpt / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: also bytes that are not UTF-8
         raise UserError(
             f"checkpoint {ckpt} is incomplete or corrupted ({e.__class__.__name__}: {e})",
             hint="Delete that directory to resume from the previous checkpoint.",
         ) from None
+    # all of it checked before a resume acts on any of it (a bad step would truncate metrics.jsonl)
+    problems = state_problems(state)
+    if problems:
+        raise UserError(f"{ckpt / 'trainer_state.json'} is malformed:", problems=problems,
+                        hint="Delete that checkpoint directory to resume from the previous one.")
+    if not isinstance(config, dict):
+        raise UserError(f"{ckpt / 'config.json'} holds a {type(config).__name__}, not an object",
+                        hint="Delete that checkpoint directory to resume from the previous one.")
     for name in ("model.safetensors", "optimizer.pt"):
         if not (ckpt / name).is_file():
             raise UserError(f"checkpoint {ckpt} has no {name}", hint="Delete that directory to resume from the previous one.")
@@ -125,6 +188,57 @@ def read_state(ckpt: Path) -> dict:
             raise UserError(f"checkpoint {ckpt} is truncated or corrupted: {f} {why}",
                             hint="Delete that checkpoint directory to resume from the previous one.")
     return {"state": state, "config": config}
+
+
+def _whole(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _amount(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+# trainer_state.json: key -> (check, what it must be). Only `step` is always written; older runs'
+# states may lack the others (the trainer keeps its own start values for those).
+_STATE = {
+    "step": (lambda v: _whole(v, 0), "a whole number >= 0"),
+    "depth": (lambda v: _whole(v, 1), "a whole number >= 1"),
+    "tokens": (lambda v: _whole(v, 0), "a whole number >= 0"),
+    "world_size": (lambda v: _whole(v, 1), "a whole number >= 1"),
+    "skipped_steps": (lambda v: _whole(v, 0), "a whole number >= 0"),
+    "flops": (_amount, "a finite number >= 0"),
+    "elapsed_s": (_amount, "a finite number >= 0"),
+    "data_s": (_amount, "a finite number >= 0"),
+    "train_s": (_amount, "a finite number >= 0"),
+    "sharded": (lambda v: isinstance(v, bool), "true or false"),
+    "last_loss": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+                  "a number or null"),
+    "data_blocks": (lambda v: isinstance(v, list) and len(v) == 2 and all(_whole(x, 0) for x in v),
+                    "a list of two whole numbers (train and eval blocks)"),
+}
+# per-stage counters the loop reads back at the end of a stage
+_STAGE_KEYS = ("start_step", "tokens_start", "elapsed_start", "flops_start", "data_start")
+
+
+def state_problems(state) -> list[str]:
+    """What is wrong with a trainer_state.json's content, one line per key (empty when valid)."""
+    if not isinstance(state, dict):
+        return [f"it holds a {type(state).__name__}, not an object"]
+    problems = [] if "step" in state else ["step is missing"]
+    for key, (ok, what) in _STATE.items():
+        if key in state and not ok(state[key]):
+            problems.append(f"{key} = {json.dumps(state[key])}: must be {what}")
+    stats = state.get("stage_stats", {})
+    if not isinstance(stats, dict):
+        problems.append(f"stage_stats = {json.dumps(stats)}: must be an object of per-stage counters")
+    else:
+        for name, s in stats.items():
+            bad = not name.isdigit() or not isinstance(s, dict) or any(
+                not isinstance(s.get(k), (int, float)) or isinstance(s.get(k), bool) for k in _STAGE_KEYS)
+            if bad:
+                problems.append(f"stage_stats.{name}: must be a stage index holding the numbers "
+                                f"{', '.join(_STAGE_KEYS)}")
+    return problems
 
 
 def load_weights(ckpt: Path, model: torch.nn.Module) -> None:

@@ -63,7 +63,6 @@ def compile_blocks(model) -> None:
 
 def pick_resume_checkpoint(out: Path) -> Path:
     """The newest complete checkpoint; a corrupted one is reported with the previous one offered."""
-    ckpt.remove_stale_temporaries(out)
     found = ckpt.list_checkpoints(out)
     try:
         ckpt.read_state(found[-1])
@@ -124,6 +123,8 @@ class Trainer:
         self.stop = StopSignals(self.world, self.device)
         if self.resume_from is not None:  # before any sink: a refused resume must touch no file
             self._load(self.resume_from)
+            if accelerator.is_main_process:
+                ckpt.remove_stale_temporaries(out)  # a killed save's half-written directories
         sinks: list[Sink] = []
         if accelerator.is_main_process:
             start = self.step if self.resume_from is not None else None
@@ -189,6 +190,10 @@ class Trainer:
                 f"{st['data_blocks'][1]} eval blocks then, {len(self.data.train)} / {len(self.data.eval)} now), "
                 "so the resumed run would see a different data order",
                 hint="Resume with the data the run was started with (the files named in OUT/recipe.toml).")
+        if st.get("depth", 0) > self.cfg.num_layers or "depth" not in st:  # (its type: read_state)
+            raise UserError(f"{path / 'trainer_state.json'}: depth = {st.get('depth')} does not fit the "
+                            f"model's {self.cfg.num_layers} layers",
+                            hint="Delete that checkpoint to resume from the previous one.")
         if st["depth"] != self.state["depth"]:
             self._build(st["depth"])
         if self.sharded:  # every rank reads the full tensors, then keeps its shards
@@ -426,10 +431,11 @@ class Trainer:
         if self.acc.is_main_process:
             final = self.out / "final"
             tmp = self.out / ".final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            ckpt.write_model_dir(tmp, model, self.r.model.arch)
-            shutil.copyfile(self.out / "tokenizer.json", tmp / "tokenizer.json")
+            with ckpt.writing(tmp, final, self.out):
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                ckpt.write_model_dir(tmp, model, self.r.model.arch)
+                shutil.copyfile(self.out / "tokenizer.json", tmp / "tokenizer.json")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             summary = {"event": "run_end", "step": self.step, "tokens": self.state["tokens"],

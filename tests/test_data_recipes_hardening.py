@@ -123,6 +123,40 @@ def test_rescaled_schedule_keeps_each_share_of_the_staged_span() -> None:
     assert rescaled_schedule(fractions_only, 100, 64, 50) == {"full_warmup_steps": 5}
 
 
+# --- 21: recipe show documents every key ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [*RECIPES, None], ids=lambda p: p.name if p else "tiny-with-stages")
+def test_recipe_show_documents_each_key_and_loads_back(cli, path: Path | None, make_recipe) -> None:
+    if path is None:
+        path = make_recipe({**RAPTR_4, "model": {"n_layers": 4, "hidden_size": None}})
+    res = run_ok(cli, "recipe", "show", path)
+    text = res.stdout
+    assert parse_recipe(tomllib.loads(text)) == load_recipe(path)  # comments only: the same recipe
+    lines, seen, first = text.splitlines(), set(), True
+    for i, line in enumerate(lines):  # every key follows its docstring (a repeated table's: the first)
+        if line.startswith("["):
+            first = line not in seen
+            seen.add(line)
+        elif line and not line.startswith("#") and first:
+            assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 3, (i, line)
+    assert "# Optimizer steps.\nsteps = " in text
+    assert "# Peak learning rate (AdamW).\nlr = " in text
+    # an unset key is listed, commented out (TOML has no null), with its documentation
+    assert "# Model width (default: the preset's).\n# hidden_size = (unset)\n" in text
+
+
+def test_recipe_show_no_docs_is_the_bare_toml(cli, make_recipe) -> None:
+    path = make_recipe(RAPTR_4)
+    bare = run_ok(cli, "recipe", "show", path, "--no-docs").stdout
+    assert not [line for line in bare.splitlines() if line.lstrip().startswith("#")]
+    assert bare.strip() == load_recipe(path).to_toml().strip()
+    documented = run_ok(cli, "recipe", "show", path).stdout
+    assert tomllib.loads(documented) == tomllib.loads(bare)
+    # docs of the stage keys appear once, above the first [[schedule.stages]] table
+    assert documented.count("# raptr: number of active layers") == 1
+
+
 # --- 22: SPDX license string -----------------------------------------------------------------------
 
 

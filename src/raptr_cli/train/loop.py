@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ..recipe import Recipe
 from ..schedule import Plan, build_plan
 from . import checkpoint as ckpt
 from .data_setup import RunData, prepare_data
+from .fingerprint import check_same_data, data_fingerprint
 from .metrics import JsonlSink, MetricsLogger, Sink, TrackerSink
 from .rundir import prepare_out_dir, resolved_toml, write_recipe  # noqa: F401 (re-exported for callers)
 from .optim import build_optimizer, lr_factor, warmup_steps_of
@@ -115,7 +117,8 @@ class Trainer:
         self.peak = device_peak(self.device, self.precision)
         self.state = {"tokens": 0, "flops": 0.0, "elapsed_s": 0.0, "world_size": self.world,
                       "stage_stats": {}, "depth": self.plan.stages[0].depth, "sharded": self.sharded,
-                      "data_blocks": [len(self.data.train), len(self.data.eval)]}
+                      "data_blocks": [len(self.data.train), len(self.data.eval)],
+                      "data_fingerprint": data_fingerprint(self.data.train, self.data.eval)}
         self._build(self.state["depth"])
         self.step = 0
         self.last_eval: dict | None = None
@@ -181,12 +184,9 @@ class Trainer:
         if conf.get("vocab_size") != self.cfg.vocab_size or conf.get("hidden_size") != self.cfg.hidden_size:
             raise UserError(f"{path} belongs to another model configuration",
                             hint="Resume with the recipe the run was started with (OUT/recipe.toml).")
-        if st.get("data_blocks", self.state["data_blocks"]) != self.state["data_blocks"]:
-            raise UserError(
-                f"{path}: the data changed since the run started ({st['data_blocks'][0]} train / "
-                f"{st['data_blocks'][1]} eval blocks then, {len(self.data.train)} / {len(self.data.eval)} now), "
-                "so the resumed run would see a different data order",
-                hint="Resume with the data the run was started with (the files named in OUT/recipe.toml).")
+        note = check_same_data(path, st, self.state, self.r)
+        if note and self.acc.is_main_process:
+            print(f"raptr: note: {note}", file=sys.stderr, flush=True)
         if st["depth"] != self.state["depth"]:
             self._build(st["depth"])
         if self.sharded:  # every rank reads the full tensors, then keeps its shards

@@ -91,6 +91,64 @@ def test_fingerprint_sees_order_content_and_split() -> None:
     assert data_fingerprint(b[:4], b[4:]) != base  # one token
 
 
+# --- 12: eval checks the tokenizer and the model config against the run -----------------------------
+
+
+@pytest.fixture
+def finished_run(cli, make_recipe, tmp_path: Path, torch_one_thread) -> Path:
+    out = tmp_path / "run"
+    run_ok(cli, "pretrain", make_recipe({"train": {"steps": 4, "checkpoint_every": 2}}), "--out", out)
+    return out
+
+
+def _same_size_other_tokenizer(src: Path, dst: Path) -> None:
+    """Another run's tokenizer with the same vocabulary size: two word pieces trade ids."""
+    import json
+
+    tok = json.loads(src.read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = [t for t in vocab if t.isalpha()][:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    dst.write_text(json.dumps(tok))
+
+
+def test_eval_refuses_a_tokenizer_of_another_run(cli, finished_run: Path) -> None:
+    run_ok(cli, "eval", finished_run)
+    _same_size_other_tokenizer(finished_run / "final" / "tokenizer.json", finished_run / "final" / "tokenizer.json")
+    res = cli("eval", finished_run)
+    assert res.exit_code == 2, res.output
+    assert f"{finished_run / 'final' / 'tokenizer.json'} is not the tokenizer {finished_run / 'final'} was trained with" \
+        in res.stderr.replace("\n", "")
+    # a checkpoint reads the run's tokenizer.json; its trainer_state.json records the hash
+    ck = finished_run / "checkpoints" / "step-0000002"
+    run_ok(cli, "eval", ck)
+    _same_size_other_tokenizer(finished_run / "tokenizer.json", finished_run / "tokenizer.json")
+    res = cli("eval", ck)
+    assert res.exit_code == 2 and "is not the tokenizer" in res.stderr and "Traceback" not in res.output
+
+
+def test_eval_without_a_recorded_hash_compares_final_and_run_tokenizers(cli, finished_run: Path) -> None:
+    import shutil
+
+    shutil.rmtree(finished_run / "checkpoints")  # no trainer_state.json left, as in runs from before the record
+    run_ok(cli, "eval", finished_run)
+    _same_size_other_tokenizer(finished_run / "tokenizer.json", finished_run / "final" / "tokenizer.json")
+    res = cli("eval", finished_run)
+    assert res.exit_code == 2 and "differ: one of them is not the run's tokenizer" in res.stderr
+
+
+def test_eval_refuses_a_final_model_whose_width_differs_from_the_recipe(cli, finished_run: Path) -> None:
+    recipe = finished_run / "recipe.toml"
+    text = recipe.read_text()
+    assert "hidden_size = 32\n" in text
+    recipe.write_text(text.replace("hidden_size = 32\n", "hidden_size = 48\n"))
+    res = cli("eval", finished_run)
+    assert res.exit_code == 2, res.output
+    err = res.stderr.replace("\n", "")
+    assert f"{finished_run / 'final' / 'config.json'} does not match the run's {recipe}" in err
+    assert "hidden_size: 32 in config.json, 48 from the recipe" in err
+
+
 # --- 18: builtin corpora are fetched on first use --------------------------------------------------
 
 

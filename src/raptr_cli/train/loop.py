@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import flops as F
+from ..data.corpus import sha256_file
 from ..errors import UserError
 from ..models import build_model, resolve_model_config
 from ..models.common import grow_by_stacking
@@ -118,7 +119,9 @@ class Trainer:
         self.state = {"tokens": 0, "flops": 0.0, "elapsed_s": 0.0, "world_size": self.world,
                       "stage_stats": {}, "depth": self.plan.stages[0].depth, "sharded": self.sharded,
                       "data_blocks": [len(self.data.train), len(self.data.eval)],
-                      "data_fingerprint": data_fingerprint(self.data.train, self.data.eval)}
+                      "data_fingerprint": data_fingerprint(self.data.train, self.data.eval),
+                      # the tokenizer.json the weights pair with, for `raptr eval` (checked on rank 0, which writes)
+                      "tokenizer_sha256": sha256_file(out / "tokenizer.json") if accelerator.is_main_process else None}
         self._build(self.state["depth"])
         self.step = 0
         self.last_eval: dict | None = None

@@ -149,6 +149,20 @@ def test_eval_refuses_a_final_model_whose_width_differs_from_the_recipe(cli, fin
     assert "hidden_size: 32 in config.json, 48 from the recipe" in err
 
 
+def test_eval_accepts_a_stacking_checkpoint_before_the_model_has_grown(cli, make_recipe, tmp_path: Path,
+                                                                      torch_one_thread) -> None:
+    out = tmp_path / "stack"
+    run_ok(cli, "pretrain", make_recipe({"model": {"n_layers": 4}, "train": {"checkpoint_every": 4},
+                                         "schedule": {"method": "stacking", "stages": [
+                                             {"fraction": 0.5, "depth": 2}, {"fraction": 0.5, "depth": 4}]}}),
+           "--out", out)
+    import json
+
+    assert json.loads((out / "checkpoints" / "step-0000004" / "config.json").read_text())["num_layers"] == 2
+    run_ok(cli, "eval", out / "checkpoints" / "step-0000004")
+    run_ok(cli, "eval", out)
+
+
 # --- 18: builtin corpora are fetched on first use --------------------------------------------------
 
 

@@ -168,6 +168,47 @@ def dumps(sections: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
+def _comment(text: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(" ".join(text.split()), width, initial_indent="# ", subsequent_indent="# ")
+
+
+def dumps_documented(objects: dict[str, Any], sections: dict[str, dict]) -> str:
+    """`dumps(sections)` with documentation for a reader: each section and key preceded by its
+    docstring as `# ` lines, and keys left unset (None: TOML has no null) shown commented out.
+    `objects` maps each section to the dataclass instance it was written from. Only comments are
+    added, so the text loads back to the same values."""
+    out: list[str] = []
+    for name, table in sections.items():
+        obj = objects[name]
+        cls = type(obj)
+        hints, docs = fields_of(cls), field_docs(cls)
+        if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):  # not dataclass's generated one
+            out += _comment(cls.__doc__)
+        out.append(f"[{name}]")
+        arrays = {k: v for k, v in table.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        for k in hints:
+            if k in table and k not in arrays:
+                out += _comment(docs.get(k, ""))
+                out.append(f"{k} = {_toml_value(table[k])}")
+            elif k not in table and getattr(obj, k) is None:
+                out += _comment(docs.get(k, ""))
+                out.append(f"# {k} = (unset)")
+        out.append("")
+        for k, rows in arrays.items():
+            out += _comment(docs.get(k, ""))
+            row_docs = field_docs(get_args(hints[k])[0])
+            for j, row in enumerate(rows):
+                out.append(f"[[{name}.{k}]]")
+                for rk, rv in row.items():
+                    if j == 0:  # documented once, not in every stage
+                        out += _comment(row_docs.get(rk, ""))
+                    out.append(f"{rk} = {_toml_value(rv)}")
+                out.append("")
+    return "\n".join(out)
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Attribute docstrings (the string literal after each field) of a dataclass, for help text."""
     import ast

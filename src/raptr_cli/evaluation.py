@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from .errors import UserError
-from .models import build_model, config_from_dict
+from .models import build_model, config_from_dict, resolve_model_config
 from .recipe import Recipe, load_recipe
 from .schedule import sample_subset, step_generator
 from .train import checkpoint as ckpt
@@ -35,8 +35,55 @@ def locate(path: Path) -> tuple[Path, Path]:
                     hint="Pass runs/<name> (with final/ or checkpoints/) or runs/<name>/checkpoints/step-NNNNNNN.")
 
 
-def load_model_dir(model_dir: Path, recipe: Recipe, vocab_size: int):
-    """Build the model a checkpoint's config.json describes and load its weights, refusing mismatches."""
+# Config fields that do not change the function an eval computes (eval mode has no dropout).
+_NOT_ARCHITECTURE = {"vocab_size", "num_layers", "hidden_dropout", "attention_dropout", "dropout", "initializer_range"}
+
+
+def _check_against_recipe(cfg, recipe: Recipe, model_dir: Path, recipe_path: Path) -> None:
+    """The checkpoint's architecture must be the one the run's recipe.toml resolves to (a stacking
+    checkpoint may be shallower: the model grows during the run)."""
+    import dataclasses
+
+    want = resolve_model_config(recipe, vocab_size=cfg.vocab_size)
+    diffs = [f"{f.name}: {getattr(cfg, f.name)!r} in config.json, {getattr(want, f.name)!r} from the recipe"
+             for f in dataclasses.fields(cfg)
+             if f.name not in _NOT_ARCHITECTURE and getattr(cfg, f.name) != getattr(want, f.name)]
+    growing = recipe.schedule.method == "stacking"
+    if cfg.num_layers > want.num_layers or (cfg.num_layers != want.num_layers and not growing):
+        diffs.append(f"num_layers: {cfg.num_layers} in config.json, {want.num_layers} from the recipe")
+    if diffs:
+        raise UserError(f"{model_dir / 'config.json'} does not match the run's {recipe_path}", problems=diffs,
+                        hint="Evaluate the checkpoint in the run directory it came from, with that run's recipe.toml.")
+
+
+def check_tokenizer(model_dir: Path, tok_file: Path, run_dir: Path) -> None:
+    """`tok_file` must be the tokenizer the weights were trained with: its sha256 is in each
+    checkpoint's trainer_state.json; final/ is judged by the run's newest checkpoint (saved with it at
+    the last step). Without that record (older runs, checkpoints deleted) the check goes as far as it
+    can: final/tokenizer.json must equal the run's tokenizer.json."""
+    from .data.corpus import sha256_file
+
+    states = [model_dir] if model_dir.parent.name == "checkpoints" else ckpt.list_checkpoints(run_dir)[-1:]
+    recorded = None
+    for d in states:
+        try:
+            recorded = json.loads((d / "trainer_state.json").read_text()).get("tokenizer_sha256")
+        except (OSError, ValueError, AttributeError):
+            pass
+    have = sha256_file(tok_file)
+    hint = ("Put back the run's own tokenizer.json (final/tokenizer.json is a copy of it), or evaluate the run "
+            "that tokenizer came from.")
+    if recorded and have != recorded:
+        raise UserError(f"{tok_file} is not the tokenizer {model_dir} was trained with (sha256 {have[:16]}..., "
+                        f"the run recorded {recorded[:16]}...)", hint=hint)
+    other = run_dir / "tokenizer.json"
+    if not recorded and other != tok_file and other.is_file() and sha256_file(other) != have:
+        raise UserError(f"{tok_file} and {other} differ: one of them is not the run's tokenizer", hint=hint)
+
+
+def load_model_dir(model_dir: Path, recipe: Recipe, vocab_size: int, recipe_path: Path | None = None):
+    """Build the model a checkpoint's config.json describes and load its weights, refusing mismatches
+    (with `recipe_path`: also an architecture other than the one that recipe resolves to)."""
     try:
         conf = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -49,7 +96,9 @@ def load_model_dir(model_dir: Path, recipe: Recipe, vocab_size: int):
         raise UserError(f"{model_dir} has vocab_size {cfg.vocab_size} but the tokenizer has {vocab_size}",
                         hint="Evaluate with the tokenizer.json of the run the checkpoint came from.")
     model = build_model(cfg)
-    ckpt.load_weights(model_dir, model)
+    ckpt.load_weights(model_dir, model)  # first: weights that do not fit their own config.json are named as such
+    if recipe_path is not None:
+        _check_against_recipe(cfg, recipe, model_dir, recipe_path)
     return model.eval()
 
 
@@ -65,8 +114,9 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
     tok_file = model_dir / "tokenizer.json" if (model_dir / "tokenizer.json").is_file() else run_dir / "tokenizer.json"
     if batches is not None and batches < 1:
         raise UserError(f"--batches {batches}: must be >= 1")
-    rd = prepare_data(recipe, None, tok_file, eval_only=bool(data))
-    model = load_model_dir(model_dir, recipe, rd.vocab_size)
+    rd = prepare_data(recipe, None, tok_file, eval_only=bool(data))  # also: a missing or unusable tokenizer.json
+    check_tokenizer(model_dir, tok_file, run_dir)
+    model = load_model_dir(model_dir, recipe, rd.vocab_size, recipe_path)
     import torch
 
     cuda = torch.cuda.is_available()

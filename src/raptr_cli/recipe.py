@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .config import dumps, fields_of, from_dict, parse_value, to_dict
+from .config import dumps, dumps_documented, fields_of, from_dict, parse_value, to_dict
 from .errors import UserError
 from .objectives.config import DenoiserConfig, default_denoisers
 from .schedule import ScheduleConfig
@@ -172,11 +172,14 @@ class Recipe:
     """Folder that relative data paths resolve against (the recipe file's folder)."""
     warnings: list[str] = field(default_factory=list, repr=False, compare=False, init=False)
 
-    def to_toml(self) -> str:
+    def to_toml(self, docs: bool = False) -> str:
+        """The recipe as TOML; `docs` adds each key's docstring as comments (`raptr recipe show`)."""
         sections = {name: to_dict(getattr(self, name)) for name in fields_of(Recipe)}
         # the objective keys of the other architecture are noise in a resolved recipe
         unused = ("mlm_probability", "mask_token_frac", "random_token_frac") if self.model.arch == "ul2" else ("denoisers",)
         sections["objective"] = {k: v for k, v in sections["objective"].items() if k not in unused}
+        if docs:
+            return dumps_documented({name: getattr(self, name) for name in sections}, sections)
         return dumps(sections)
 
     @property

@@ -25,7 +25,7 @@ class StageConfig:
     steps: int | None = None
     """Stage length in optimizer steps."""
     fraction: float | None = None
-    """Or: stage length as a fraction of the staged steps (train.steps minus full_warmup_steps; 0 < fraction <= 1)."""
+    """Or: stage length as a fraction of the staged steps (train.steps minus the full-model warm-up; 0 < fraction <= 1)."""
     tokens: int | None = None
     """Or: stage length in tokens; steps = tokens / tokens_per_step (rounded, with a warning)."""
     path_length: int | None = None
@@ -43,7 +43,7 @@ class ScheduleConfig:
     method: str = "baseline"
     """"baseline" | "raptr" | "stacking" | "pld" | "stochastic_depth"."""
     stages: list[StageConfig] = field(default_factory=list)
-    """raptr and stacking stages, in order; their lengths add up to train.steps - full_warmup_steps."""
+    """raptr and stacking stages, in order; their lengths add up to train.steps minus the full-model warm-up."""
     fixed_layers: list[int] | None = None
     """Always-on layers, 0-based, negatives from the end. None = method default: [0, -1] (the paper's
     first and last) for raptr/stochastic_depth, [] for pld (as in Zhang & He 2020)."""
@@ -55,6 +55,9 @@ class ScheduleConfig:
     """"none": skipped layers get grad None, so AdamW skips them (no moment update, no decay) | "zero"."""
     full_warmup_steps: int = 0
     """Full-model steps before the first stage (the UL2 recipe); plan stage 0 when > 0."""
+    full_warmup_fraction: float | None = None
+    """Or: that full-model phase as a fraction of train.steps (0 <= fraction < 1, rounded to whole steps),
+    so the recipe keeps its shape under --set train.steps=N; give at most one of the two."""
     pld_theta_bar: float = 0.5
     """pld: asymptotic keep probability of the last layer, theta_bar."""
     pld_gamma: float = 0.001
@@ -67,6 +70,12 @@ class ScheduleConfig:
     """stacking: linear LR re-warmup steps after each growth."""
     stack_optimizer_state: str = "fresh"
     """stacking: "fresh" | "copy" (new layers copy their source layer's AdamW state)."""
+
+    def full_warmup_for(self, total_steps: int) -> int:
+        """Full-model warm-up steps of a `total_steps` run: full_warmup_steps, or the rounded fraction."""
+        if self.full_warmup_fraction is None:
+            return self.full_warmup_steps
+        return int(round(self.full_warmup_fraction * total_steps))
 
     def fixed_for(self, n_layers: int) -> list[int]:
         """Fixed layers normalised to sorted 0-based indices (out-of-range ones dropped; see problems)."""
@@ -246,7 +255,7 @@ def build_plan(cfg: ScheduleConfig, n_layers: int, total_steps: int, tokens_per_
     m, L, fixed = cfg.method, n_layers, cfg.fixed_for(n_layers)
     n_free = L - len(fixed)
     plan = Plan(m, L, [], fixed, seed, cfg.sampler, cfg.scale, cfg.pld_theta_bar, cfg.pld_gamma, warnings=warnings)
-    w = cfg.full_warmup_steps if m in ("raptr", "pld", "stochastic_depth") else 0
+    w = cfg.full_warmup_for(total_steps) if m in ("raptr", "pld", "stochastic_depth") else 0
     stages = [Stage(0, 0, w, float(L), 1.0, L)] if w else []
 
     def add(end: int, k: float, p: float, depth: int = L) -> None:

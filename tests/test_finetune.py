@@ -255,3 +255,25 @@ def test_metrics_against_hand_computed_values():
     assert classification_scores(np.array([0, 1, 2]), np.array([1, 1, 1]), 3)["mcc"] == 0.0  # constant
     r = regression_scores(np.array([1.0, 2, 3, 4]), np.array([2.0, 4, 6, 9]))
     assert r["spearman"] == pytest.approx(1.0) and r["mse"] == pytest.approx((1 + 4 + 9 + 25) / 4)
+
+
+def test_ul2_head_mean_pools_the_bidirectional_input_and_ignores_padding():
+    """UL2: the score of an example does not depend on the padding of its batch, and every input
+    token (the first included) sees the last one (the input is one bidirectional prefix)."""
+    from raptr_cli.finetune.heads import DecoderClassifier
+    from raptr_cli.models.decoder import DecoderConfig, DecoderForPrefixLM
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=64, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
+                        dropout=0.0, tie_embeddings=False)
+    clf = DecoderClassifier(DecoderForPrefixLM(cfg), num_labels=3).eval()
+    assert "decoder.lm_head.weight" not in clf.state_dict()  # the unused LM head is dropped
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        both = clf(ids, mask)
+        torch.testing.assert_close(both[1], clf(ids[1:, :3], mask[1:, :3])[0])
+        h = clf.decoder.hidden_states(ids[:1], prefix_len=torch.tensor([5]))
+        h2 = clf.decoder.hidden_states(torch.tensor([[5, 6, 7, 8, 10]]), prefix_len=torch.tensor([5]))
+    assert not torch.allclose(h[0, 0], h2[0, 0])  # position 0 attends to the changed last token
+    torch.testing.assert_close(both[0], clf.score(h.mean(1))[0])

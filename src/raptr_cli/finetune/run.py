@@ -96,7 +96,8 @@ def run_finetune(target: Path, task: Task, cfg: FinetuneConfig, seeds: list[int]
 
     t0 = time.perf_counter()
     p = load_pretrained(target)
-    out_dir = Path(out_dir) if out_dir else p.run_dir / "finetune" / task.name / p.model_dir.name
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", task.name)  # a hub name like glue/rte is one path component
+    out_dir = Path(out_dir) if out_dir else p.run_dir / "finetune" / safe / p.model_dir.name
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} exists and is not a directory", hint="Choose another --out.")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -294,7 +294,7 @@ def load_task(spec: str, cfg: FinetuneConfig) -> Task:
             raise UserError(f"--task {spec!r}: expected train=PATH,dev=PATH",
                             hint="e.g. --task train=data/rte/train.tsv,dev=data/rte/dev.tsv")
         paths = {k: Path(v).expanduser() for k, v in parts.items()}
-        task = make_task(paths["train"].parent.name or spec, read_split(paths["train"], cfg),
+        task = make_task(paths["train"].resolve().parent.name or "task", read_split(paths["train"], cfg),
                          read_split(paths["dev"], cfg), cfg)
     elif Path(spec).expanduser().is_dir():
         path = Path(spec).expanduser()

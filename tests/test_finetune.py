@@ -277,3 +277,19 @@ def test_ul2_head_mean_pools_the_bidirectional_input_and_ignores_padding():
         h2 = clf.decoder.hidden_states(torch.tensor([[5, 6, 7, 8, 10]]), prefix_len=torch.tensor([5]))
     assert not torch.allclose(h[0, 0], h2[0, 0])  # position 0 attends to the changed last token
     torch.testing.assert_close(both[0], clf.score(h.mean(1))[0])
+
+
+def test_compare_downstream_adds_the_score_and_the_gain(run, task, cli, tmp_path):
+    args = ("compare", "--runs", run, "--out", tmp_path / "cmp", "--downstream", task, "--downstream-seeds", "0,1")
+    doc = json.loads(run_ok(cli, *args, "--json").stdout)
+    d = doc["runs"][0]["downstream"]
+    ft = json.loads(Path(d["finetune_json"]).read_text())
+    assert d["metric"] == "accuracy" and d["seeds"] == [0, 1]
+    assert (d["mean"], d["std"]) == (ft["pretrained"]["mean"]["accuracy"], ft["pretrained"]["std"]["accuracy"])
+    assert d["gain"] == pytest.approx(d["mean"] - d["scratch_mean"])
+    assert doc["downstream_task"]["chance"]["accuracy"] == 0.5
+    assert "| pretrained | from scratch | pretraining gain |" in (tmp_path / "cmp" / "compare.md").read_text()
+    # a second compare reuses the run's finetune.json instead of fine-tuning again
+    before = Path(d["finetune_json"]).stat().st_mtime_ns
+    table = run_ok(cli, *args)
+    assert Path(d["finetune_json"]).stat().st_mtime_ns == before and "pretraining gain" in table.stdout

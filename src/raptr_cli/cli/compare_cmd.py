@@ -19,6 +19,7 @@ Examples:
   raptr compare recipes/bert-tiny-baseline.toml recipes/bert-tiny-raptr.toml --out runs/cmp
   raptr compare recipes/bert-tiny-baseline.toml recipes/bert-tiny-raptr.toml --equal-flops
   raptr compare --runs runs/bert-tiny-baseline runs/bert-tiny-raptr --out runs/cmp
+  raptr compare --runs runs/cmp/bert-tiny-baseline runs/cmp/bert-tiny-raptr --downstream builtin:shakespeare-genre
 """
 
 
@@ -28,6 +29,9 @@ def compare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where runs and the comparison land.")] = Path("runs/compare"),
     equal_flops: Annotated[bool, typer.Option("--equal-flops", help="Also run the baseline shortened to each method's FLOPs.")] = False,
     set_: SetOpt = None,
+    downstream: Annotated[Optional[str], typer.Option("--downstream", metavar="TASK", help="Also fine-tune every run on TASK "
+                          "(as raptr finetune, pretrained and from scratch) and add its dev score and pretraining gain.")] = None,
+    downstream_seeds: Annotated[str, typer.Option("--downstream-seeds", help="Fine-tuning seeds for --downstream.")] = "0,1,2",
     json_out: JsonOpt = False,
 ) -> None:
     from ..comparison import compare_runs, write_outputs
@@ -40,11 +44,22 @@ def compare(
     else:
         dirs = _run_all(list(recipes), out, set_ or [], equal_flops, quiet=json_out)
     result = compare_runs(dirs)
+    if downstream:
+        from ..finetune import downstream as ds
+        from .finetune_cmd import _Bar, _seeds
+
+        with _Bar() as bar:
+            ds.add_downstream(result, dirs, downstream, _seeds(downstream_seeds), bar.start)
     files = write_outputs(result, out)
+    if downstream:  # its own table, appended: the main table's columns stay as they are
+        with open(out / "compare.md", "a") as f:
+            f.write("\n".join(ds.markdown(result)) + "\n")
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
     _print_table(result)
+    if downstream:
+        typer.echo("\n".join(ds.markdown(result)[1:]))
     typer.echo("wrote " + ", ".join(str(f) for f in files))
 
 

@@ -80,10 +80,9 @@ def finetune(
     t = load_task(task, cfg)  # every task check runs before the model is loaded or trained
     from rich.console import Console
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
     from ..finetune.run import run_finetune
 
-    with _Bar(err) as bar:
+    with _Bar() as bar:
         doc = run_finetune(target, t, cfg, seed_list, from_scratch, out, bar.start)
     if json_out:
         typer.echo(json.dumps(doc, indent=2))
@@ -94,8 +93,11 @@ def finetune(
 class _Bar:
     """One rich progress bar per (init, seed) on stderr, with the latest loss and dev score."""
 
-    def __init__(self, console):
+    def __init__(self, console=None):
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        console = console or Console(stderr=True, highlight=False, soft_wrap=True)  # stdout stays for --json
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

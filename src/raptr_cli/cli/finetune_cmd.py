@@ -19,7 +19,7 @@ def _help() -> str:
     keys = "\n".join(f"  {k}: {' '.join(v.split())}" for k, v in field_docs(FinetuneConfig).items())
     task = ("TASK: train=PATH,dev=PATH (GLUE-format .tsv with a header: sentence or sentence1/sentence2, "
             "and label; or .csv/.jsonl with those columns), a directory with train.* and dev.*, a built-in "
-            "task (builtin:shakespeare-genre: passage -> comedy/history/tragedy, 2240 train / 720 dev "
+            "task (builtin:shakespeare-genre: passage -> comedy/history/tragedy, 1792 train / 576 dev "
             "examples from held-out plays, chance 33.3%), or a hub dataset when online (glue/rte, "
             "owner/name[:config]).")
     return f"""Fine-tune a run's model (final/ or any checkpoint) on a classification or regression

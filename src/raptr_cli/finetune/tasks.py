@@ -265,8 +265,9 @@ def _hub(spec: str, cfg: FinetuneConfig) -> Task:
     try:
         ds = load_dataset(name, conf or None)
     except Exception as e:  # unknown name, hub unreachable, bad config: all user-fixable
-        raise UserError(f"--task {spec}: cannot load the hub dataset {name!r}"
-                        f"{f' (config {conf!r})' if conf else ''}: {type(e).__name__}: {e}", hint=hint) from None
+        raise UserError(f"--task {spec}: not a local path, and the hub dataset {name!r}"
+                        f"{f' (config {conf!r})' if conf else ''} cannot be loaded: {type(e).__name__}: {e}",
+                        hint=hint) from None
     dev_name = next((s for s in ("validation", "validation_matched", "dev") if s in ds), None)
     if "train" not in ds or dev_name is None:
         raise UserError(f"--task {spec}: the dataset has splits {list(ds)}, not train and validation",

@@ -21,6 +21,7 @@ Examples:
   raptr compare recipes/bert-tiny-baseline.toml recipes/bert-tiny-raptr.toml --equal-flops
   raptr compare --runs runs/bert-tiny-baseline runs/bert-tiny-raptr --out runs/cmp
   raptr compare --runs runs/cmp/* --out runs/cmp
+  raptr compare --runs runs/cmp/bert-tiny-baseline runs/cmp/bert-tiny-raptr --downstream builtin:shakespeare-genre
 
 A finished run in --out is reused only when its recipe.toml is the same resolved recipe (as for
 --resume); runs of one run.name are read as seeds of one recipe. BERT and UL2 runs are refused
@@ -38,6 +39,9 @@ def compare(
     allow_mixed: Annotated[bool, typer.Option(
         "--allow-mixed", help="Tabulate BERT and UL2 runs together although their losses measure different things.")] = False,
     set_: SetOpt = None,
+    downstream: Annotated[Optional[str], typer.Option("--downstream", metavar="TASK", help="Also fine-tune every run on TASK "
+                          "(as raptr finetune, pretrained and from scratch) and add its dev score and pretraining gain.")] = None,
+    downstream_seeds: Annotated[str, typer.Option("--downstream-seeds", help="Fine-tuning seeds for --downstream.")] = "0,1,2",
     json_out: JsonOpt = False,
 ) -> None:
     from ..comparison import compare_runs, write_outputs
@@ -55,8 +59,17 @@ def compare(
     else:
         dirs = _run_all(list(recipes), out, set_ or [], equal_flops, quiet=json_out, allow_mixed=allow_mixed)
     result = compare_runs(dirs, allow_mixed=allow_mixed)
+    if downstream:
+        from ..finetune import downstream as ds
+        from .finetune_cmd import _Bar, _seeds
+
+        with _Bar() as bar:
+            ds.add_downstream(result, dirs, downstream, _seeds(downstream_seeds), bar.start)
     try:
         files = write_outputs(result, out)
+        if downstream:  # its own table, appended: the main table's columns stay as they are
+            with open(out / "compare.md", "a") as f:
+                f.write("\n".join(ds.markdown(result)) + "\n")
     except OSError as e:
         raise UserError(f"--out {out}: cannot write the comparison ({e.strerror}: {e.filename})",
                         hint="Point --out at a writable directory.") from None
@@ -64,6 +77,8 @@ def compare(
         typer.echo(json.dumps(result, indent=2))
         return
     _print_table(result)
+    if downstream:
+        typer.echo("\n".join(ds.markdown(result)[1:]))
     typer.echo("wrote " + ", ".join(str(f) for f in files))
 
 

@@ -35,7 +35,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import compare_cmd, data_cmd, eval_cmd, export_cmd, flops_cmd, pretrain_cmd, recipe_cmd
+    from . import compare_cmd, data_cmd, eval_cmd, export_cmd, finetune_cmd, flops_cmd, pretrain_cmd, recipe_cmd
 
     app.command("pretrain", help=pretrain_cmd.HELP, no_args_is_help=True)(guarded(pretrain_cmd.pretrain))
     app.add_typer(data_cmd.app, name="data")
@@ -44,6 +44,7 @@ def _register() -> None:
     app.command("compare", help=compare_cmd.HELP, no_args_is_help=True)(guarded(compare_cmd.compare))
     app.command("export", help=export_cmd.HELP, no_args_is_help=True)(guarded(export_cmd.export))
     app.command("flops", help=flops_cmd.HELP, no_args_is_help=True)(guarded(flops_cmd.flops))
+    app.command("finetune", help=finetune_cmd.HELP, no_args_is_help=True)(guarded(finetune_cmd.finetune))
 
 
 _register()

@@ -161,6 +161,24 @@ class BertModel(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, *, layers: Sequence[int] | None = None,
+                scales: Sequence[float] | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, d): what the MLM head and a fine-tuning pooler read.
+
+        layers / scales: as `BertForMaskedLM.forward` (None = every block, unscaled).
+        """
+        order, scales = resolve_path(layers, scales, len(self.encoder.layer))
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, d)
+        mask = None  # None keeps SDPA on its fastest kernel
+        if attention_mask is not None:
+            # Additive (B, 1, 1, T) mask over keys, as HF: 0 where attended, dtype-min at padding
+            # (a finite value keeps all-padding rows NaN-free, unlike a boolean mask).
+            keep = attention_mask[:, None, None, :].to(torch.bool)
+            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)
+        return self.encoder(x, mask, order, scales)  # (B, T, d)
+
 
 class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config: BertConfig):
@@ -258,17 +276,7 @@ class BertForMaskedLM(nn.Module):
         if T > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
-        order, scales = resolve_path(layers, scales, len(self.blocks))
-
-        x = self.bert.embeddings(input_ids, token_type_ids)  # (B, T, d)
-        mask = None  # None keeps SDPA on its fastest kernel
-        if attention_mask is not None:
-            # Additive (B, 1, 1, T) mask over keys, as HF: 0 where attended, dtype-min at padding
-            # (a finite value keeps all-padding rows NaN-free, unlike a boolean mask).
-            keep = attention_mask[:, None, None, :].to(torch.bool)
-            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
-            mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)
-        x = self.bert.encoder(x, mask, order, scales)  # (B, T, d)
+        x = self.bert(input_ids, attention_mask, token_type_ids, layers=layers, scales=scales)  # (B, T, d)
 
         head = self.cls.predictions
         if labels is None:

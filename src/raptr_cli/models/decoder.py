@@ -189,6 +189,32 @@ class DecoderForPrefixLM(nn.Module):
         elif isinstance(module, RMSNorm):
             module.weight.fill_(1.0)
 
+    def hidden_states(self, input_ids: torch.Tensor, prefix_len: torch.Tensor | None = None, *,
+                      layers: Sequence[int] | None = None,
+                      scales: Sequence[float] | None = None) -> torch.Tensor:
+        """Final (normed) hidden states (B, T, d): what the LM head and a fine-tuning head read.
+
+        prefix_len, layers, scales: as `forward`.
+        """
+        T = input_ids.shape[1]
+        if T > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings="
+                             f"{self.config.max_position_embeddings}")
+        order, scales = resolve_path(layers, scales, len(self.blocks))
+
+        x = self.model.embed_tokens(input_ids)  # (B, T, d)
+        cos, sin = rotary_cos_sin(T, self.config.hidden_size // self.config.num_heads,
+                                  self.config.rope_theta, x.device, x.dtype)
+        mask = None if prefix_len is None else prefix_lm_mask(prefix_len.to(x.device), T)
+        for j, i in enumerate(order):
+            s = 1.0 if scales is None else float(scales[j])
+            if s == 1.0:
+                x = self.blocks[i](x, cos, sin, mask)
+            else:
+                # Pre-norm block: block(x) - x is its residual update f(x), so this is x + s f(x).
+                x = torch.lerp(x, self.blocks[i](x, cos, sin, mask), s)
+        return self.model.norm(x)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -208,24 +234,7 @@ class DecoderForPrefixLM(nn.Module):
             host, it spares the forward a device->host sync).
         """
         B, T = input_ids.shape
-        if T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings="
-                             f"{self.config.max_position_embeddings}")
-        order, scales = resolve_path(layers, scales, len(self.blocks))
-
-        x = self.model.embed_tokens(input_ids)  # (B, T, d)
-        cos, sin = rotary_cos_sin(T, self.config.hidden_size // self.config.num_heads,
-                                  self.config.rope_theta, x.device, x.dtype)
-        mask = None if prefix_len is None else prefix_lm_mask(prefix_len.to(x.device), T)
-        for j, i in enumerate(order):
-            s = 1.0 if scales is None else float(scales[j])
-            if s == 1.0:
-                x = self.blocks[i](x, cos, sin, mask)
-            else:
-                # Pre-norm block: block(x) - x is its residual update f(x), so this is x + s f(x).
-                x = torch.lerp(x, self.blocks[i](x, cos, sin, mask), s)
-        x = self.model.norm(x)
-
+        x = self.hidden_states(input_ids, prefix_len, layers=layers, scales=scales)  # (B, T, d)
         if labels is None:
             return LMOutput(loss=None, logits=self.lm_head(x), n_predictions=B * T)
         # Head only where there is a target: in a UL2 batch the inputs (often > half of each row)

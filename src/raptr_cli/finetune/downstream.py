@@ -1,0 +1,71 @@
+"""`raptr compare --downstream TASK`: each run's downstream score (mean +- std over fine-tuning
+seeds) and its pretraining gain, added to the comparison.
+
+Each run is fine-tuned with `run_finetune` (pretrained and from scratch, default settings) into
+RUN/finetune/TASK/final/; a finetune.json already there with the same task, settings and seeds is
+reused, so a second `compare` (or one after `raptr finetune`) costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import FinetuneConfig, config_dict
+
+
+def _cached(doc_path: Path, cfg: FinetuneConfig, seeds: list[int], task_name: str) -> dict | None:
+    try:
+        doc = json.loads(doc_path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = (doc.get("settings") == config_dict(cfg) and doc.get("seeds") == seeds and "scratch" in doc
+            and doc.get("task", {}).get("name") == task_name)
+    return doc if same else None
+
+
+def add_downstream(result: dict, run_dirs: list[Path], task_spec: str, seeds: list[int],
+                   progress_for: Callable | None = None) -> None:
+    """Fine-tune every run of a `compare_runs` result and add `downstream` to each row (in place)."""
+    import re
+
+    from .run import run_finetune
+    from .tasks import load_task
+
+    cfg = FinetuneConfig()
+    task = load_task(task_spec, cfg)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", task.name)
+    for row, run_dir in zip(result["runs"], run_dirs):
+        run_dir = Path(run_dir)
+        out = run_dir / "finetune" / safe / "final"
+        doc = _cached(out / "finetune.json", cfg, seeds, task.name)
+        if doc is None:
+            label = (lambda name: lambda what, total: progress_for(f"{name}: {what}", total))(row["name"])
+            doc = run_finetune(run_dir, task, cfg, seeds, True, out, label if progress_for else None)
+        m = doc["metric"]
+        row["downstream"] = {"task": task.name, "metric": m, "seeds": seeds,
+                             "mean": doc["pretrained"]["mean"][m], "std": doc["pretrained"]["std"][m],
+                             "scratch_mean": doc["scratch"]["mean"][m], "scratch_std": doc["scratch"]["std"][m],
+                             "gain": doc["gain"][m], "finetune_json": str(out / "finetune.json")}
+    result["downstream_task"] = task.summary()
+
+
+def markdown(result: dict) -> list[str]:
+    """The downstream table for compare.md."""
+    rows = [r for r in result["runs"] if "downstream" in r]
+    if not rows:
+        return []
+    d0 = rows[0]["downstream"]
+    chance = result.get("downstream_task", {}).get("chance", {}).get("accuracy")
+    lines = ["", f"Downstream: {d0['task']}, dev {d0['metric']} (mean +- std over fine-tuning seeds "
+             f"{', '.join(map(str, d0['seeds']))}){'' if chance is None else f'; chance {chance:.3f}'}:", "",
+             "| run | pretrained | from scratch | pretraining gain |", "|---|---|---|---|"]
+    for r in rows:
+        d = r["downstream"]
+        lines.append(f"| {r['name']} | {d['mean']:.4f} +- {d['std']:.4f} | {d['scratch_mean']:.4f} +- "
+                     f"{d['scratch_std']:.4f} | {d['gain']:+.4f} |")
+    return lines
+
+
+__all__ = ["add_downstream", "markdown"]

@@ -76,6 +76,7 @@ def plot_stability(rows: list[dict], path: Path) -> Path | None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(depths, [str(d) for d in depths])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # no "6x10^0" labels between the depths
     ax.set_xlabel("depth L")
     ax.set_ylabel("loss(L-1 random blocks) - loss(full)")
     ax.set_title("stability gap vs depth (open markers: gap <= 0)", fontsize=10)

@@ -144,6 +144,9 @@ def polynomial(
         raise UserError(f"--out {out} is a file", hint="Point --out at a directory.")
     say = (lambda msg: typer.echo(msg, err=True)) if json_out else typer.echo
     cfg = ToyConfig(steps=steps, degree=degree)
+    import torch
+
+    torch.set_num_threads(1)  # a 64-wide MLP gains nothing from threads; spin-waiting costs (see --sweep)
     result = run_polynomial(cfg, seed_list, progress=lambda r: say(
         f"{r['method']:>8} seed {r['seed']}: {r['steps']} steps, final MSE {r['curve'][-1]['total']:.4f} ({r['wall_s']:.1f} s)"))
     files = write_outputs(result, out)

@@ -65,11 +65,12 @@ def export_hf(target: Path, out_dir: Path, overwrite: bool = False) -> Path:
     tok = _load_tokenizer(tok_file)
     if arch == "bert":
         cfg: Any = _config(BertConfig, conf, model_dir)
-        if cfg.norm != "post":
+        if cfg.norm != "post" or not cfg.residual:
+            what = {"pre": "a pre-LN BERT", "none": "a BERT without LayerNorm"}.get(cfg.norm, "a BERT without residuals")
             raise UserError(
-                f"{model_dir} holds a pre-LN BERT (norm = {cfg.norm!r}), which has no transformers "
-                "equivalent",
-                hint="Only post-LN BERT (model.norm = \"post\", the default) exports to "
+                f"{model_dir} holds {what} (norm = {cfg.norm!r}, residual = {cfg.residual}), which has no "
+                "transformers equivalent",
+                hint="Only post-LN BERT with residuals (the default) exports to "
                      "BertForMaskedLM; HF's BERT would load these weights but compute a different "
                      "function.")
         from .data.tokenizer import special_ids

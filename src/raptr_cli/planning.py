@@ -33,7 +33,8 @@ def bert_param_count(cfg) -> dict[str, int]:
     `models.bert.num_parameters` (a test pins it)."""
     h, f, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
     emb = (V + cfg.max_position_embeddings + cfg.type_vocab_size) * h + 2 * h
-    block = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
+    norms = 0 if cfg.norm == "none" else 2 * h  # each block's two LayerNorms (none: no parameters)
+    block = 4 * (h * h + h) + norms + (h * f + f) + (f * h + h) + norms
     head = (h * h + h) + 2 * h + V  # transform dense + LayerNorm + decoder bias (weight tied)
     final = 2 * h if cfg.norm == "pre" else 0
     embeddings = (V + cfg.max_position_embeddings + cfg.type_vocab_size) * h

@@ -45,8 +45,10 @@ class ModelConfig:
     """MLP width (default: the preset's)."""
     max_position_embeddings: int | None = None
     """Learned positions (default: the preset's, raised to train.seq_len if that is longer)."""
-    norm: Literal["post", "pre"] | None = None
-    """BERT LayerNorm placement: "post" (original BERT, default) or "pre" (ul2 is always pre-RMSNorm)."""
+    norm: Literal["post", "pre", "none"] | None = None
+    """BERT LayerNorm placement: "post" (original BERT, default), "pre", or "none" (no LayerNorm in the blocks: an ablation); ul2 is always pre-RMSNorm."""
+    residual: bool | None = None
+    """BERT residual connections (default true); false is an ablation for `raptr analyze stability`."""
     dropout: float = 0.1
     """Hidden dropout."""
     attention_dropout: float = 0.1
@@ -289,6 +291,8 @@ def _check_ranges(r: Recipe) -> list[str]:
             p.append("objective.denoisers needs at least one denoiser with weight > 0")
         if r.model.norm is not None:
             p.append("model.norm applies to bert only (ul2 is pre-norm RMSNorm)")
+        if r.model.residual is not None:
+            p.append("model.residual applies to bert only")
         if r.tokenizer.vocab_size < 512:
             p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: byte-level BPE needs at least 512 (UL2 uses 32128)")
     if r.tokenizer.vocab_size < 64:

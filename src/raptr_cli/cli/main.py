@@ -35,11 +35,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import compare_cmd, data_cmd, eval_cmd, export_cmd, finetune_cmd, flops_cmd, pretrain_cmd, recipe_cmd
+    from . import analyze_cmd, compare_cmd, data_cmd, eval_cmd, export_cmd, finetune_cmd, flops_cmd, pretrain_cmd, recipe_cmd
 
     app.command("pretrain", help=pretrain_cmd.HELP, no_args_is_help=True)(guarded(pretrain_cmd.pretrain))
     app.add_typer(data_cmd.app, name="data")
     app.add_typer(recipe_cmd.app, name="recipe")
+    app.add_typer(analyze_cmd.app, name="analyze")
     app.command("eval", help=eval_cmd.HELP, no_args_is_help=True)(guarded(eval_cmd.eval_))
     app.command("compare", help=compare_cmd.HELP, no_args_is_help=True)(guarded(compare_cmd.compare))
     app.command("export", help=export_cmd.HELP, no_args_is_help=True)(guarded(export_cmd.export))

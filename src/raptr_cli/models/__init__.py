@@ -20,6 +20,7 @@ _OVERRIDES = {  # recipe key -> architecture config field
     "intermediate_size": "intermediate_size",
     "max_position_embeddings": "max_position_embeddings",
     "norm": "norm",
+    "residual": "residual",
 }
 
 
@@ -47,6 +48,7 @@ def resolve_model_config(recipe: "Recipe", vocab_size: int) -> Any:
     if m.arch == "bert":
         return BertConfig(vocab_size=vocab_size, hidden_dropout=m.dropout, attention_dropout=m.attention_dropout, **kw)
     kw.pop("norm", None)
+    kw.pop("residual", None)
     return DecoderConfig(vocab_size=vocab_size, dropout=m.dropout, **kw)
 
 

@@ -11,6 +11,10 @@ and gives the same logits. Two deliberate additions:
   (`attention.output.LayerNorm` normalises the attention input, `output.LayerNorm` the MLP
   input) and adds `bert.encoder.final_layer_norm` after the last block. Such a checkpoint loads
   into HF only with `strict=False` and then computes something different: export post-LN only.
+- `norm="none"` and `residual=False`: ablations for the stability analysis (`raptr analyze`).
+  "none" has no LayerNorm in the blocks (x + Attn(x), then h + MLP(h)) and no final LayerNorm; the
+  embedding LayerNorm and the MLM head's LayerNorm (after its dense + GELU) stay, so only the
+  residual stream goes unnormalised. `residual=False` drops the `x +` of both sublayers.
 """
 
 from __future__ import annotations
@@ -91,7 +95,9 @@ class _DenseNorm(nn.Module):
     def __init__(self, d_in: int, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(d_in, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # norm="none": no parameters at all (not unused ones), so checkpoints hold what runs
+        self.LayerNorm = (nn.Identity() if config.norm == "none"
+                          else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps))
         self.dropout = nn.Dropout(config.hidden_dropout)
 
 
@@ -116,20 +122,22 @@ class BertLayer(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.pre_norm = config.norm == "pre"
+        self.pre_norm = config.norm in ("pre", "none")  # "none": pre-LN wiring, LayerNorm = Identity
+        self.residual = config.residual
         self.attention = BertAttention(config)
         self.intermediate = BertIntermediate(config)
         self.output = _DenseNorm(config.intermediate_size, config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         att, mlp = self.attention.output, self.output
+        add = torch.add if self.residual else (lambda x, f: f)  # residual=False: f(x) replaces x
         if self.pre_norm:
             # x + Attn(LN(x)), then h + MLP(LN(h))
-            x = x + att.dropout(att.dense(self.attention.self(att.LayerNorm(x), mask)))
-            return x + mlp.dropout(mlp.dense(self.intermediate(mlp.LayerNorm(x))))
+            x = add(x, att.dropout(att.dense(self.attention.self(att.LayerNorm(x), mask))))
+            return add(x, mlp.dropout(mlp.dense(self.intermediate(mlp.LayerNorm(x)))))
         # Post-LN (original BERT): LN(x + Attn(x)), then LN(h + MLP(h))
-        x = att.LayerNorm(x + att.dropout(att.dense(self.attention.self(x, mask))))
-        return mlp.LayerNorm(x + mlp.dropout(mlp.dense(self.intermediate(x))))
+        x = att.LayerNorm(add(x, att.dropout(att.dense(self.attention.self(x, mask)))))
+        return mlp.LayerNorm(add(x, mlp.dropout(mlp.dense(self.intermediate(x)))))
 
 
 class BertEncoder(nn.Module):

@@ -33,7 +33,10 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     """LayerNorm epsilon (BERT uses 1e-12)."""
     norm: str = "post"
-    """"post" (original BERT, HF-exportable) or "pre" (pre-LN, adds a final LayerNorm)."""
+    """"post" (original BERT, HF-exportable), "pre" (pre-LN, adds a final LayerNorm) or "none" (no
+    LayerNorm in the blocks nor after them; embedding and MLM-head LayerNorms kept: an ablation)."""
+    residual: bool = True
+    """Residual connections around both sublayers; False is an ablation (`raptr analyze stability`)."""
     pad_token_id: int = 0
     """Padding token id; its embedding row starts at zero and gets no embedding gradient."""
     initializer_range: float = 0.02
@@ -52,8 +55,8 @@ class BertConfig:
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 out.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
-        if self.norm not in ("post", "pre"):
-            out.append(f'norm must be "post" or "pre" (got {self.norm!r})')
+        if self.norm not in ("post", "pre", "none"):
+            out.append(f'norm must be "post", "pre" or "none" (got {self.norm!r})')
         if not 0 <= self.pad_token_id < self.vocab_size:
             out.append(f"pad_token_id ({self.pad_token_id}) must be in 0..vocab_size-1")
         return out

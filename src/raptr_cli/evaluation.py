@@ -80,6 +80,8 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
         raise UserError("the eval data yields no scored tokens", hint="Give more eval text (--data) or check the run's eval split.")
     out = {"checkpoint": str(model_dir), "eval_loss": base["eval_loss"], "perplexity": math.exp(min(base["eval_loss"], 50)),
            "accuracy": base["eval_accuracy"], "tokens": base["eval_tokens"]}
+    if rd.warnings:
+        out["warnings"] = rd.warnings
     if "eval_loss_by_denoiser" in base:
         out["eval_loss_by_denoiser"] = base["eval_loss_by_denoiser"]
     if path_lengths:

@@ -168,6 +168,9 @@ def pretrain(
         if sink is not None:
             from ..planning import describe_run
 
+            for w in trainer.data.warnings:
+                sink.warn(w)
+
             plan = describe_run(r, vocab_size=trainer.data.vocab_size, layout=trainer.layout, precision=trainer.precision)
             sink.show_plan(plan, resumed_at=trainer.step if resume else None)
         trainer.run()

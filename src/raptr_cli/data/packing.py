@@ -112,8 +112,10 @@ def pack_documents(
     seq_len: int,
     cache_dir: Path | None,
     layout: str = "bert",
+    key: str = "data.train",
 ) -> torch.Tensor:
-    """Tokenise and pack `documents` into int32 blocks of shape (N, seq_len).
+    """Tokenise and pack `documents` into int32 blocks of shape (N, seq_len); `key` (the recipe
+    key the documents came from) names them when they are too small.
 
     layout "bert": a [CLS] chunk [SEP] stream packing (below); "examples": per-document chunks
     padded with -1 (`_chunk`), for objectives that build their own sequences (UL2).
@@ -142,7 +144,7 @@ def pack_documents(
     if blocks.shape[0] == 0:
         total = sum(len(d) for d in documents)
         raise UserError(
-            f"data.train is too small for one block of train.seq_len = {seq_len} tokens "
+            f"{key} is too small for one block of train.seq_len = {seq_len} tokens "
             f"({len(documents)} documents, {total} characters).",
             hint="Add data or lower train.seq_len.",
         )

@@ -58,6 +58,13 @@ def _check_resume_recipe(recipe, out: Path) -> None:
         )
 
 
+def _check_memory(recipe, layout: dict, precision: str) -> None:
+    """Refuse a run whose memory estimate exceeds this process's GPU (or the host's RAM)."""
+    from ..planning import check_memory, device_memory, host_memory
+
+    check_memory(recipe, layout, precision, device=device_memory(), host=host_memory())
+
+
 # accelerate tracker name -> the module it needs
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
@@ -89,6 +96,7 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, build on the meta device and print the plan; no training.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")] = False,
+    ignore_memory: Annotated[bool, typer.Option("--ignore-memory-check", help="Start even when the memory estimate exceeds the GPU's (or RAM's) memory.")] = False,
 ) -> None:
     from ..errors import UserError
     from ..recipe import load_recipe
@@ -119,10 +127,16 @@ def pretrain(
 
         from ..planning import effective_precision
 
+        precision = effective_precision(r.train.precision, torch.cuda.is_available())
+        if not ignore_memory:
+            try:
+                _check_memory(r, layout, precision)
+            except UserError as e:
+                console_for("plain" if r.log.console == "none" else r.log.console).warn(
+                    "; ".join([e.message, *e.problems]) + f" (training would stop here: {e.hint})")
         # contract: the dry run builds the model on the meta device; under `accelerate launch` the
         # memory figure is per process, and unsupported FSDP options were refused as training would
-        plan = describe_run(r, meta_model=True, layout=layout,
-                            precision=effective_precision(r.train.precision, torch.cuda.is_available()))
+        plan = describe_run(r, meta_model=True, layout=layout, precision=precision)
         if not speaks:
             return
         if json_out:
@@ -139,6 +153,11 @@ def pretrain(
         _check_resume_recipe(r, out_dir)
 
     import torch
+
+    if not ignore_memory:  # before any file is written or the tokenizer trainer runs
+        from ..planning import effective_precision
+
+        _check_memory(r, layout, effective_precision(r.train.precision, torch.cuda.is_available()))
     from accelerate import Accelerator
 
     from ..train.loop import Interrupted, Trainer, TrainingDiverged, prepare_out_dir, write_recipe

@@ -58,6 +58,24 @@ def _check_resume_recipe(recipe, out: Path) -> None:
         )
 
 
+def check_writable(out: Path) -> None:
+    """An existing --out must take new files: try to create one (permission bits say nothing for
+    root, nor for read-only mounts), before anything is moved or written there."""
+    import os
+
+    from ..errors import UserError
+
+    if not out.is_dir():
+        return  # a new directory: prepare_out_dir creates it and reports a failure
+    probe = out / f".raptr-write-test-{os.getpid()}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out} is not writable ({e.strerror or e})",
+                        hint="Point --out at a directory you can write, or fix its permissions.") from None
+
+
 def _check_memory(recipe, layout: dict, precision: str) -> None:
     """Refuse a run whose memory estimate exceeds this process's GPU (or the host's RAM)."""
     from ..planning import check_memory, device_memory, host_memory
@@ -164,6 +182,8 @@ def pretrain(
 
     acc = Accelerator(cpu=not torch.cuda.is_available(),
                       log_with=r.log.trackers or None, project_dir=str(out_dir))
+    if acc.is_main_process:
+        check_writable(out_dir)
     staged = prepare_out_dir(out_dir, resume, overwrite) if acc.is_main_process else None
     acc.wait_for_everyone()
     if r.log.trackers:

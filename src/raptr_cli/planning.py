@@ -241,8 +241,8 @@ def check_memory(recipe: Recipe, layout: dict = SINGLE, precision: str = "fp32",
     if host_short or extra > device[0]:  # the batch itself does not fit: no micro-batch helps
         where = host if host_short else device
         raise UserError(
-            f"one batch of train.batch_size = {t.batch_size} x train.seq_len = {t.seq_len} takes ~{batch_gib:,.1f} GiB "
-            f"of host memory to build, but {where[1]} has {where[0]:,.1f} GiB",
+            f"one batch of train.batch_size = {t.batch_size} x train.seq_len = {t.seq_len} takes ~{_size(batch_gib)} "
+            f"of host memory to build, but {where[1]} has {_size(where[0])}",
             hint=f"Lower train.batch_size (--set train.batch_size=N); {override}.")
     # the suggestion keeps 10% headroom for what the estimate leaves out (allocator slack, CUDA
     # context, kernel workspaces); micro-batches divide this process's share of the batch
@@ -252,14 +252,18 @@ def check_memory(recipe: Recipe, layout: dict = SINGLE, precision: str = "fp32",
         fix = (f"Use --set train.micro_batch_size={fits} (gradient accumulation: the same optimizer step in "
                "smaller forward/backward chunks)")
     else:
-        fix = ("No micro-batch fits: the model state alone is too large; choose a smaller model"
+        fix = ("No micro-batch fits, not even 1 sequence per forward/backward: choose a smaller model"
                + ("" if layout["sharded"] else " or shard it over GPUs (accelerate launch --use_fsdp)"))
     raise UserError(
-        f"the run needs ~{mem['total_gib'] + extra:,.1f} GiB{_layout_note(mem)} but {device[1]} has {device[0]:,.1f} GiB",
-        problems=[f"model state and AdamW moments: {mem['weights_optimizer_gib']:,.2f} GiB",
-                  f"activations of a micro-batch of {mem['micro_batch']} sequences: {mem['activations_gib']:,.2f} GiB"]
-                 + ([f"building the batch on the host: {batch_gib:,.2f} GiB"] if on_host else []),
+        f"the run needs ~{_size(mem['total_gib'] + extra)}{_layout_note(mem)} but {device[1]} has {_size(device[0])}",
+        problems=[f"model state and AdamW moments: {_size(mem['weights_optimizer_gib'])}",
+                  f"activations of a micro-batch of {mem['micro_batch']} sequences: {_size(mem['activations_gib'])}"]
+                 + ([f"building the batch on the host: {_size(batch_gib)}"] if on_host else []),
         hint=f"{fix}; {override}.")
+
+
+def _size(gib: float) -> str:
+    return f"{gib:,.1f} GiB" if gib >= 1 else f"{gib * 1024:,.1f} MiB"
 
 
 def _layout_note(mem: dict) -> str:

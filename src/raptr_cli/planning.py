@@ -263,7 +263,9 @@ def check_memory(recipe: Recipe, layout: dict = SINGLE, precision: str = "fp32",
 
 
 def _size(gib: float) -> str:
-    return f"{gib:,.1f} GiB" if gib >= 1 else f"{gib * 1024:,.1f} MiB"
+    for unit, scale in (("GiB", 1), ("MiB", 1024), ("KiB", 1024**2)):
+        if gib * scale >= 1 or unit == "KiB":
+            return f"{gib * scale:,.1f} {unit}"
 
 
 def _layout_note(mem: dict) -> str:

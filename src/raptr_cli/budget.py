@@ -7,6 +7,7 @@ table says which number it holds and `--peak` overrides it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -28,8 +29,8 @@ GPU_PEAKS: dict[str, dict[str, float]] = {
 def gpu_peak(name: str, dtype: str = "bf16", override_tflops: float | None = None) -> float:
     """Dense peak FLOP/s of one GPU for `dtype` (override wins)."""
     if override_tflops is not None:
-        if override_tflops <= 0:
-            raise UserError(f"--peak = {override_tflops}: must be > 0 TFLOP/s")
+        if not (math.isfinite(override_tflops) and override_tflops > 0):
+            raise UserError(f"--peak = {override_tflops}: must be a finite number > 0 of TFLOP/s")
         return override_tflops * 1e12
     key = name.lower().replace("_", "-")
     if key not in GPU_PEAKS:
@@ -60,8 +61,9 @@ def parse_budget(text: str) -> Budget:
             b = Budget(flops=float(text))
     except ValueError:
         b = None
-    if b is None or (b.flops or b.gpu_hours or 0) <= 0:
-        raise UserError(f"--budget {text!r} is not a budget",
+    value = None if b is None else (b.flops if b.flops is not None else b.gpu_hours)
+    if value is None or not math.isfinite(value) or value <= 0:  # nan, inf and 1e400 parse as floats
+        raise UserError(f"--budget {text!r} is not a budget (a finite number > 0 of FLOPs or GPU-hours)",
                         hint="Give FLOPs (--budget 3e18) or GPU-hours (--budget 200gpu-h --gpu h100 --mfu 0.4).")
     return b
 

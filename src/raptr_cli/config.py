@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -29,8 +30,21 @@ def _type_name(tp: Any) -> str:
     return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(tp, str(tp))
 
 
+def _numeric(tp: Any) -> bool:
+    """Whether a number is a valid value for `tp` (int, float, or a union holding one)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        return any(_numeric(a) for a in get_args(tp))
+    return tp in (int, float)
+
+
 def coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     """Return `value` converted to `tp`, or append a problem naming `key` and return None."""
+    # One rule for every numeric key: TOML (and so --set) accepts nan and inf, but no setting means
+    # anything at either (lr = nan crashes the optimizer, lr = inf diverges, grad_clip = nan turns
+    # clipping off silently), and range checks cannot catch nan (every comparison is False).
+    if isinstance(value, float) and not math.isfinite(value) and _numeric(tp):
+        problems.append(f"{key} = {value!r}: must be a finite number (nan and inf are not allowed)")
+        return None
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]

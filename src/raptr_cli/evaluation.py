@@ -134,6 +134,8 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
            "accuracy": base["eval_accuracy"], "tokens": base["eval_tokens"],
            **{k: base[k] for k in ("unigram_loss", "loss_below_unigram", "unigram_tokens",
                                    "eval_loss_at_unigram_positions") if k in base}}
+    if rd.warnings:
+        out["warnings"] = rd.warnings
     if "eval_loss_by_denoiser" in base:
         out["eval_loss_by_denoiser"] = base["eval_loss_by_denoiser"]
     if path_lengths:

@@ -3,6 +3,7 @@ the start of every run, and `raptr flops`). Import-light: torch only when a meta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -169,6 +170,108 @@ def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool, layout: dict =
     return {"weights_optimizer_gib": state_bytes / gib, "activations_gib": act_bytes / gib,
             "total_gib": (state_bytes + max(act_bytes, transient)) / gib, "processes": n, "sharded": sharded,
             "micro_batch": micro, "precision": "bf16" if bf16 else "fp32"}
+
+
+# Host bytes per token of the global batch while it is built (every process builds all of it, then
+# keeps its rows): int32 rows, int64 ids, labels and random replacements, two float32 draws and the
+# boolean masks of masking (data/masking.py), with the temporaries of torch.where.
+HOST_BATCH_BYTES_PER_TOKEN = 64
+
+
+def device_memory() -> tuple[float, str] | None:
+    """(GiB one process may use, what that is): the total memory of this process's GPU (LOCAL_RANK
+    under a launch), else the host's physical RAM shared by the processes launched on it; None
+    when neither can be read. Total, not free: a check must not flip with what else runs."""
+    gib = 1024**3
+    import torch
+
+    if torch.cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", "0") or 0) % torch.cuda.device_count()
+        props = torch.cuda.get_device_properties(index)
+        return props.total_memory / gib, f"GPU {index} ({props.name})"
+    return host_memory()
+
+
+def host_memory() -> tuple[float, str] | None:
+    """(GiB of physical RAM per process launched on this host, a label), or None if unreadable."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not POSIX
+        try:
+            import psutil
+        except ImportError:
+            return None
+        ram = psutil.virtual_memory().total
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return ram / 1024**3 / local, "RAM" + (f" (1/{local} per process)" if local > 1 else "")
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def check_memory(recipe: Recipe, layout: dict = SINGLE, precision: str = "fp32",
+                 device: tuple[float, str] | None = None, host: tuple[float, str] | None = None) -> None:
+    """Refuse (UserError) a run whose memory_estimate exceeds `device` (device_memory(): where the
+    model state and activations live) or whose global batch exceeds `host` (host_memory(): the
+    RAM batches are built in; on CPU the same memory, so both add up), naming the estimate, the
+    memory and a micro-batch that would fit. Nothing to check when `device` is None."""
+    if device is None:
+        return
+    try:
+        vocab = recipe_vocab_size(recipe)
+    except UserError:  # a bad tokenizer.path is reported by the data pipeline, in its own words
+        vocab = recipe.tokenizer.vocab_size
+    cfg = resolve_model_config(recipe, vocab_size=vocab)
+    params, bf16 = param_count(cfg)["total"], precision == "bf16"
+    t = recipe.train
+    batch_gib = t.batch_size * t.seq_len * HOST_BATCH_BYTES_PER_TOKEN / 1024**3
+    on_host = host is None or device[1] == host[1]  # CPU: the host batch lives in the same RAM
+    extra = batch_gib if on_host else 0.0
+
+    def need(micro: int) -> dict:
+        return memory_estimate(dataclasses.replace(recipe, train=dataclasses.replace(t, micro_batch_size=micro)),
+                               cfg, params, bf16, layout)
+
+    mem = need(t.micro_batch_size)
+    host_short = not on_host and batch_gib > host[0]
+    if mem["total_gib"] + extra <= device[0] and not host_short:
+        return
+    override = "--ignore-memory-check starts it anyway (the estimate is rough)"
+    if host_short or extra > device[0]:  # the batch itself does not fit: no micro-batch helps
+        where = host if host_short else device
+        raise UserError(
+            f"one batch of train.batch_size = {t.batch_size} x train.seq_len = {t.seq_len} takes ~{_size(batch_gib)} "
+            f"of host memory to build, but {where[1]} has {_size(where[0])}",
+            hint=f"Lower train.batch_size (--set train.batch_size=N); {override}.")
+    # the suggestion keeps 10% headroom for what the estimate leaves out (allocator slack, CUDA
+    # context, kernel workspaces); micro-batches divide this process's share of the batch
+    per_rank = max(1, t.batch_size // layout["processes"])
+    fits = next((m for m in reversed(_divisors(per_rank)) if need(m)["total_gib"] + extra <= 0.9 * device[0]), None)
+    if fits is not None:
+        fix = (f"Use --set train.micro_batch_size={fits} (gradient accumulation: the same optimizer step in "
+               "smaller forward/backward chunks)")
+    else:
+        fix = ("No micro-batch fits, not even 1 sequence per forward/backward: choose a smaller model"
+               + ("" if layout["sharded"] else " or shard it over GPUs (accelerate launch --use_fsdp)"))
+    raise UserError(
+        f"the run needs ~{_size(mem['total_gib'] + extra)}{_layout_note(mem)} but {device[1]} has {_size(device[0])}",
+        problems=[f"model state and AdamW moments: {_size(mem['weights_optimizer_gib'])}",
+                  f"activations of a micro-batch of {mem['micro_batch']} sequences: {_size(mem['activations_gib'])}"]
+                 + ([f"building the batch on the host: {_size(batch_gib)}"] if on_host else []),
+        hint=f"{fix}; {override}.")
+
+
+def _size(gib: float) -> str:
+    for unit, scale in (("GiB", 1), ("MiB", 1024), ("KiB", 1024**2)):
+        if gib * scale >= 1 or unit == "KiB":
+            return f"{gib * scale:,.1f} {unit}"
+
+
+def _layout_note(mem: dict) -> str:
+    n = mem["processes"]
+    return f" ({mem['precision']}" + (f", per process of {n}" if n > 1 else "") + ")"
 
 
 def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool = False,

@@ -78,7 +78,7 @@ class TokenizerConfig:
     path: str = ""
     """A tokenizer.json to load; empty = train one on the training text (bert: WordPiece, ul2: byte-level BPE)."""
     vocab_size: int = 8192
-    """Vocabulary size when training one."""
+    """Vocabulary size when training one (64 to 2**20 = 1,048,576)."""
     lowercase: bool = False
     """Lowercase before tokenising (trained tokenizers only)."""
     min_frequency: int = 2
@@ -233,6 +233,12 @@ def _field_type(parts: list[str]):
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
+# 4x the largest vocabularies in use (Gemma's 256k); an embedding of 2**20 rows is already most of
+# any model raptr trains. The tokenizers trainers reserve ~70 B per vocab_size slot up front
+# (74 MB at 2**20), and a failed allocation aborts the process with no exception to catch
+# (vocab_size = 1e9 asks for 66 GiB: rc 134), so the bound is checked before they run.
+MAX_VOCAB_SIZE = 2**20
+
 
 def _check_ranges(r: Recipe) -> list[str]:
     """Range checks and contradictions across sections; each names its key."""
@@ -297,6 +303,8 @@ def _check_ranges(r: Recipe) -> list[str]:
             p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: byte-level BPE needs at least 512 (UL2 uses 32128)")
     if r.tokenizer.vocab_size < 64:
         p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: must be at least 64")
+    if r.tokenizer.vocab_size > MAX_VOCAB_SIZE:
+        p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: must be at most {MAX_VOCAB_SIZE:,} (2**20)")
     return p
 
 
@@ -342,6 +350,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid TOML: {e}", hint="Check the line it names (strings need quotes).") from None
+    if not data:  # an empty file (or comments only) would silently train the full default run
+        raise UserError(f"{path}: the recipe is empty",
+                        hint="Start from a bundled recipe (recipes/bert-tiny-raptr.toml); "
+                             "`raptr recipe show RECIPE` prints one with every key.")
     return parse_recipe(data, overrides, base_dir=path.resolve().parent)
 
 

@@ -56,6 +56,7 @@ class Console:
         self.task = None
         self.total_steps = 0
         self.stage_rows: list[dict] = []
+        self.skipped = 0  # skipped_step events seen
 
     # --- messages ------------------------------------------------------------------------------
     def warn(self, msg: str) -> None:
@@ -115,6 +116,12 @@ class Console:
             self._summary(row)
         elif ev == "checkpoint":
             self._print(f"[dim]checkpoint {row['path']}[/]")
+        elif ev == "skipped_step":
+            self.skipped += 1
+            self._print(f"[yellow]step {row['step']}: non-finite loss {row['loss']} (grad norm {row['grad_norm']}), "
+                        f"batch skipped[/] (train.nan_policy = \"skip\"; {self.skipped} skipped so far)")
+        elif ev is not None:
+            return  # an event this console does not show; never mistake one for a training row
         elif "eval_loss" in row:
             depth = "" if row.get("eval_full_model", True) else f" (at current depth {row['eval_depth']}, not full)"
             self._print(f"step {row['step']:>6}  eval loss {f4(row['eval_loss'])}  "

@@ -45,6 +45,12 @@ def eval_(
     if data:
         data = [str(Path(d).resolve()) if not d.startswith(("builtin:", "hf:")) else d for d in data]
     res = run_eval(run, data, ks, n_paths, batches)
+    if res.get("warnings"):  # on stderr: stdout stays one JSON document with --json
+        from rich.console import Console as Err
+        from rich.markup import escape
+
+        for w in res["warnings"]:
+            Err(stderr=True, highlight=False, soft_wrap=True).print(f"[yellow]warning:[/] {escape(w)}")
     if json_out:
         typer.echo(json.dumps(res, indent=2))
         return

@@ -52,6 +52,31 @@ def _check_resume_recipe(recipe, out: Path) -> None:
                         hint=hint + ".")
 
 
+def check_writable(out: Path) -> None:
+    """An existing --out must take new files: try to create one (permission bits say nothing for
+    root, nor for read-only mounts), before anything is moved or written there."""
+    import os
+
+    from ..errors import UserError
+
+    if not out.is_dir():
+        return  # a new directory: prepare_out_dir creates it and reports a failure
+    probe = out / f".raptr-write-test-{os.getpid()}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out} is not writable ({e.strerror or e})",
+                        hint="Point --out at a directory you can write, or fix its permissions.") from None
+
+
+def _check_memory(recipe, layout: dict, precision: str) -> None:
+    """Refuse a run whose memory estimate exceeds this process's GPU (or the host's RAM)."""
+    from ..planning import check_memory, device_memory, host_memory
+
+    check_memory(recipe, layout, precision, device=device_memory(), host=host_memory())
+
+
 # accelerate tracker name -> the module it needs
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
@@ -83,6 +108,7 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, build on the meta device and print the plan; no training.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")] = False,
+    ignore_memory: Annotated[bool, typer.Option("--ignore-memory-check", help="Start even when the memory estimate exceeds the GPU's (or RAM's) memory.")] = False,
 ) -> None:
     from ..errors import UserError
     from ..recipe import load_recipe
@@ -117,10 +143,16 @@ def pretrain(
 
         from ..planning import effective_precision
 
+        precision = effective_precision(r.train.precision, torch.cuda.is_available())
+        if not ignore_memory:
+            try:
+                _check_memory(r, layout, precision)
+            except UserError as e:
+                console_for("plain" if r.log.console == "none" else r.log.console).warn(
+                    "; ".join([e.message, *e.problems]) + f" (training would stop here: {e.hint})")
         # contract: the dry run builds the model on the meta device; under `accelerate launch` the
         # memory figure is per process, and unsupported FSDP options were refused as training would
-        plan = describe_run(r, meta_model=True, layout=layout,
-                            precision=effective_precision(r.train.precision, torch.cuda.is_available()))
+        plan = describe_run(r, meta_model=True, layout=layout, precision=precision)
         if not speaks:
             return
         if json_out:
@@ -135,6 +167,11 @@ def pretrain(
         raise UserError("--resume and --overwrite contradict each other", hint="Pick one.")
 
     import torch
+
+    if not ignore_memory:  # before any file is written or the tokenizer trainer runs
+        from ..planning import effective_precision
+
+        _check_memory(r, layout, effective_precision(r.train.precision, torch.cuda.is_available()))
     from accelerate import Accelerator
 
     from ..train.rundir import RunLock
@@ -143,6 +180,8 @@ def pretrain(
                       log_with=r.log.trackers or None, project_dir=str(out_dir))
     # One process writes a run directory: rank 0 locks it for every rank of its launch, before
     # anything in it is read or changed; the other ranks touch nothing until it holds the lock.
+    if acc.is_main_process:
+        check_writable(out_dir)
     lock = RunLock(out_dir).acquire(create=not resume) if acc.is_main_process else None
     try:
         acc.wait_for_everyone()
@@ -212,6 +251,9 @@ def _train(r, out_dir: Path, acc, console, resume: bool, overwrite: bool) -> Non
             return
         if sink is not None:
             from ..planning import describe_run
+
+            for w in trainer.data.warnings:
+                sink.warn(w)
 
             plan = describe_run(r, vocab_size=trainer.data.vocab_size, layout=trainer.layout, precision=trainer.precision)
             sink.show_plan(plan, resumed_at=trainer.step if resume else None)

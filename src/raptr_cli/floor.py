@@ -59,6 +59,9 @@ def special_id_list(specials: dict) -> list[int]:
 
 def count_tokens(rows: torch.Tensor, vocab_size: int, special_ids: list[int]) -> torch.Tensor:
     """Counts (vocab_size,) int64 of the non-special tokens in `rows` (-1 padding ignored)."""
+    if hasattr(rows, "chunks"):  # a token store's blocks: counted a chunk at a time, never whole
+        return sum((count_tokens(c, vocab_size, special_ids) for c in rows.chunks()),
+                   torch.zeros(vocab_size, dtype=torch.long))
     ids = rows.reshape(-1).long()
     ids = ids[(ids >= 0) & (ids < vocab_size)]
     counts = torch.bincount(ids, minlength=vocab_size)
@@ -74,9 +77,10 @@ def tokenizer_fingerprint(tok) -> str:
 
 
 def train_fingerprint(train: torch.Tensor) -> str:
-    t = train.contiguous().to(torch.int32)
-    h = hashlib.sha256(repr(tuple(t.shape)).encode())
-    h.update(t.numpy().tobytes())
+    h = hashlib.sha256(repr(tuple(train.shape)).encode())
+    # a token store's blocks chunk by chunk: the same digest as hashing the whole tensor
+    for t in (train.chunks() if hasattr(train, "chunks") else [train]):
+        h.update(t.contiguous().to(torch.int32).numpy().tobytes())
     return h.hexdigest()[:24]
 
 

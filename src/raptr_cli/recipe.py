@@ -83,6 +83,8 @@ class TokenizerConfig:
     """Lowercase before tokenising (trained tokenizers only)."""
     min_frequency: int = 2
     """Minimum pair frequency when training."""
+    train_sample_bytes: int = 256_000_000
+    """Train the vocabulary on a deterministic sample of about this many bytes of the training files (documents drawn by a hash of their index); a smaller corpus is used whole. 0 = always the whole corpus."""
 
 
 @dataclass
@@ -305,6 +307,8 @@ def _check_ranges(r: Recipe) -> list[str]:
         p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: must be at least 64")
     if r.tokenizer.vocab_size > MAX_VOCAB_SIZE:
         p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: must be at most {MAX_VOCAB_SIZE:,} (2**20)")
+    if r.tokenizer.train_sample_bytes < 0:
+        p.append(f"tokenizer.train_sample_bytes = {r.tokenizer.train_sample_bytes}: must be >= 0 (0 = the whole corpus)")
     return p
 
 

@@ -13,6 +13,10 @@ Typical use (the trainer's view)::
                                  mask_id=ids["mask"], vocab_size=tok.get_vocab_size(),
                                  special_ids=list(ids.values()))
 
+At scale the trainer does not hold `blocks` in memory: `sources.ensure_store` builds (streaming,
+in N processes, resumably) and memory-maps a token store of the same blocks (store.py,
+store_build.py, stream.py); `store.view(index)` is indexed like the tensor above.
+
 `datasets` is imported lazily (only for .jsonl/.json/.parquet and hub data): it is slow to
 import and must see the offline flags first.
 """

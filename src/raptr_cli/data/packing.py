@@ -164,14 +164,9 @@ def pack_documents(
     return blocks
 
 
-def split_blocks(
-    blocks: torch.Tensor, eval_fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hold out round(N * eval_fraction) random blocks (at least 1 when the fraction is > 0).
-
-    Deterministic in (seed, N); both parts keep the original block order.
-    """
-    n = blocks.shape[0]
+def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, eval) block numbers of `split_blocks`, each sorted (int64): the split without the
+    blocks, for a token store that gathers rows on demand."""
     if not 0.0 <= eval_fraction < 1.0:
         raise UserError(
             f"The eval fraction {eval_fraction} is not in [0, 1).",
@@ -187,16 +182,22 @@ def split_blocks(
     perm = torch.randperm(n, generator=gen)
     eval_idx, _ = perm[:n_eval].sort()
     train_idx, _ = perm[n_eval:].sort()
+    return train_idx, eval_idx
+
+
+def split_blocks(
+    blocks: torch.Tensor, eval_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hold out round(N * eval_fraction) random blocks (at least 1 when the fraction is > 0).
+
+    Deterministic in (seed, N); both parts keep the original block order.
+    """
+    train_idx, eval_idx = split_indices(blocks.shape[0], eval_fraction, seed)
     return blocks[train_idx], blocks[eval_idx]
 
 
-def split_documents(
-    documents: Sequence[str], eval_fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """Hold out round(n * eval_fraction) random whole documents (at least 1 when the fraction
-    is > 0), as split_blocks does for blocks: deterministic in (seed, n), both parts in the
-    original order, so no text of a held-out document reaches training."""
-    n = len(documents)
+def held_out_documents(n: int, eval_fraction: float, seed: int) -> set[int]:
+    """The indices of the documents `split_documents` holds out of n (validated the same way)."""
     if not 0.0 <= eval_fraction < 1.0:
         raise UserError(
             f"The eval fraction {eval_fraction} is not in [0, 1).",
@@ -211,7 +212,16 @@ def split_documents(
             "or give a separate `data.eval`.",
         )
     gen = torch.Generator().manual_seed(seed_for("holdout-documents", seed))
-    held = set(torch.randperm(n, generator=gen)[:n_eval].tolist())
+    return set(torch.randperm(n, generator=gen)[:n_eval].tolist())
+
+
+def split_documents(
+    documents: Sequence[str], eval_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Hold out round(n * eval_fraction) random whole documents (at least 1 when the fraction
+    is > 0), as split_blocks does for blocks: deterministic in (seed, n), both parts in the
+    original order, so no text of a held-out document reaches training."""
+    held = held_out_documents(len(documents), eval_fraction, seed)
     return ([d for i, d in enumerate(documents) if i not in held],
             [d for i, d in enumerate(documents) if i in held])
 

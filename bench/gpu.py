@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -54,15 +53,10 @@ try:
 except ImportError:  # a device machine with the working tree but raptr not installed
     sys.path.insert(0, str(REPO / "src"))
 
+from gpu_steps import measure  # noqa: E402
 from gpu_table import print_table, table  # noqa: E402
-from path_ratio import StepBench, path_for  # noqa: E402
 
-from raptr_cli.flops import step_flops  # noqa: E402
-from raptr_cli.planning import model_dims  # noqa: E402
-from raptr_cli.train.loop import compile_blocks, device_peak  # noqa: E402
-from raptr_cli.train.step import autocast, forward_backward  # noqa: E402
-
-MIN_ROUNDS = 3  # a phase past its time box still gets this many timed rounds
+from raptr_cli.train.loop import device_peak  # noqa: E402
 
 
 @dataclass
@@ -98,137 +92,6 @@ SMOKE = Scale(ModelSpec("smoke 12x64", 12, 64, 1, 1000, (6, 8, 10)),
               batch=4, seq_len=32, precision="fp32", rounds=3, large_rounds=2, warmup=1, slice_s=5.0,
               trainer={"steps": 8, "log_every": 1, "vocab_size": 1000, "n_words": 8000,
                        "model": {"hidden_size": 64, "num_heads": 1, "intermediate_size": 256}})
-
-
-def _mark(cuda: bool):
-    if cuda:
-        e = torch.cuda.Event(enable_timing=True)
-        e.record()
-        return e
-    return time.perf_counter()
-
-
-def _seconds(a, b, cuda: bool) -> float:
-    return a.elapsed_time(b) / 1e3 if cuda else b - a
-
-
-def raptr_step(b: StepBench, layers: list[int] | None) -> None:
-    """One optimizer step as train.loop.Trainer runs it (no extra syncs: see the module doc)."""
-    inputs, labels, n = b.batches.get(b.n_step)
-    loss = forward_backward(b.model, {"input_ids": inputs, "labels": labels}, n, b.micro, layers, None, b.precision)
-    norm = torch.nn.utils.clip_grad_norm_([p for p in b.params if p.grad is not None], 1.0)
-    if not (math.isfinite(float(norm)) and math.isfinite(float(loss))):  # the Trainer's guard
-        raise RuntimeError(f"non-finite step in the benchmark (loss {float(loss)}, grad norm {float(norm)})")
-    b.opt.step()
-    b.opt.zero_grad(set_to_none=True)
-    b.n_step += 1
-
-
-class HFStep:
-    """transformers.BertForMaskedLM of the same shape as a StepBench model, trained as its users
-    do: fp32 weights under bf16 autocast (on CPU fp32), head on every position, torch AdamW (fused
-    on CUDA, as generous to it as raptr's), the same clipping. Batches are masked ahead and pinned."""
-
-    def __init__(self, b: StepBench):
-        import transformers
-
-        c = b.cfg
-        self.model = transformers.BertForMaskedLM(transformers.BertConfig(
-            vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
-            num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size,
-            max_position_embeddings=c.max_position_embeddings, attn_implementation="sdpa")).to(b.device).train()
-        cuda = b.device.type == "cuda"
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, **({"fused": True} if cuda else {}))
-        self.batches = [tuple(t.pin_memory() if cuda else t for t in b.masked(1000 + i)) for i in range(4)]
-        self.device, self.precision, self.i = b.device, b.precision, 0
-
-    def step(self) -> None:
-        x, y = (t.to(self.device, non_blocking=True) for t in self.batches[self.i % len(self.batches)])
-        self.i += 1
-        with autocast(self.device, self.precision):
-            loss = self.model(input_ids=x, labels=y).loss
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        if not math.isfinite(float(norm)):
-            raise RuntimeError("non-finite gradient in the transformers step")
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-
-
-def measure(spec: ModelSpec, compiled: bool, s: Scale, device: str, rounds: int, until: float, peak: float | None,
-            with_hf: bool, log=print) -> dict:
-    """Interleaved rounds of the full model, its k-layer paths (and HF); medians and ratios."""
-    cuda = device == "cuda"
-    t0 = time.perf_counter()
-    torch.manual_seed(0)
-    b = StepBench(spec.hidden, s.seq_len, s.batch, spec.vocab, device=device, precision=s.precision,
-                  layers=spec.layers, heads=spec.heads)
-    hf, configs = None, []
-    try:
-        if compiled:
-            compile_blocks(b.model)
-        hf = HFStep(b) if with_hf else None
-        L = spec.layers
-        configs.append((str(L), lambda r: raptr_step(b, None)))
-        configs += [(str(k), lambda r, k=k: raptr_step(b, path_for(k, r, L))) for k in spec.ks]
-        if hf is not None:
-            configs.append(("hf", lambda r: hf.step()))
-        for r in range(s.warmup):  # compilation (every block, forward and backward), allocator, AdamW state
-            for _, f in configs:
-                f(r)
-        if cuda:
-            torch.cuda.synchronize()
-        warm_s = time.perf_counter() - t0
-        times: dict[str, list[float]] = {n: [] for n, _ in configs}
-        until = min(until, time.perf_counter() + s.slice_s)
-        for r in range(rounds):
-            marks = []
-            for name, f in configs:
-                a = _mark(cuda)
-                f(s.warmup + r)
-                marks.append((name, a, _mark(cuda)))
-            if cuda:
-                torch.cuda.synchronize()
-            for name, a, e in marks:
-                times[name].append(_seconds(a, e, cuda))
-            if r + 1 >= MIN_ROUNDS and time.perf_counter() > until:
-                break
-        dims = model_dims(b.cfg, s.seq_len)
-        n_masked = int((b.masked(0)[1] != -100).sum())
-        full_flops = step_flops(dims, L, b.tokens, n_masked)
-        full = times[str(L)]
-        res = {"model": spec.name, "compiled": compiled, "rounds": len(full), "warmup_s": warm_s,
-               "tokens_per_step": b.tokens, "n_masked": n_masked, "paths": {}}
-        for k in (L, *spec.ks):
-            t = statistics.median(times[str(k)])
-            fl = step_flops(dims, k, b.tokens, n_masked)
-            row = {"step_s": t, "tokens_per_s": b.tokens / t, "tflops_per_s": fl / t / 1e12,
-                   "mfu": fl / t / peak if peak else None}
-            if k != L:
-                row["measured_ratio"] = statistics.median(a / f for a, f in zip(times[str(k)], full))
-                row["flops_ratio"] = fl / full_flops
-                row["ratio_vs_flops"] = row["measured_ratio"] / row["flops_ratio"]
-            res["paths"][str(k)] = row
-            log(f"  {spec.name} {'compiled' if compiled else 'eager'} k={k:2d}: {t * 1e3:8.2f} ms  "
-                f"{row['tokens_per_s']:12,.0f} tok/s" + (f"  MFU {row['mfu']:.1%}" if peak else "")
-                + (f"  ratio/FLOPs {row['ratio_vs_flops']:.3f}" if k != L else ""))
-        if hf is not None:
-            t = statistics.median(times["hf"])
-            res["hf"] = {"step_s": t, "tokens_per_s": b.tokens / t, "mfu": full_flops / t / peak if peak else None,
-                         "raptr_over_hf": statistics.median(h / f for h, f in zip(times["hf"], full))}
-            log(f"  transformers BertForMaskedLM (sdpa): {t * 1e3:8.2f} ms  {b.tokens / t:12,.0f} tok/s  "
-                f"raptr/HF {res['hf']['raptr_over_hf']:.2f}x")
-        res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        res["wall_s"] = time.perf_counter() - t0
-        return res
-    finally:
-        b.close()
-        configs.clear()  # the closures hold the models: free them before the allocator is reset
-        del b, hf
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
 
 
 def device_name(cuda: bool) -> str:
@@ -284,27 +147,45 @@ def run(a: argparse.Namespace, log=print) -> dict:
         log(f"== {name}")
         return True
 
+    def guarded(name: str, fn):
+        """A failing phase (out of memory, a missing kernel) is reported and the others still run:
+        one device session must not lose every figure to one error."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 (reported in the table's notes and on stderr)
+            traceback.print_exc()
+            notes.append(f"{name}: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            if cuda:
+                torch.cuda.empty_cache()
+            return None
+
     need = (lambda gpu_s: gpu_s if cuda else 0.5)  # rough minimum of a phase; CPU smoke: always run
     for i, mode in enumerate(modes):
         if phase(f"base {mode}", need(15 if mode == "eager" else 45)):
-            doc["base"][mode] = measure(s.base, mode == "compiled", s, device, s.rounds, deadline, peak,
-                                        with_hf=i == 0 and hf_version is not None, log=log)
+            res = guarded(f"base {mode}", lambda: measure(s.base, mode == "compiled", s, device, s.rounds, deadline,
+                                                          peak, with_hf=i == 0 and hf_version is not None, log=log))
+            if res:
+                doc["base"][mode] = res
     rec = recommended(doc["base"], s)
     doc["recommended_mode"] = rec
     if phase("trainer", need(35)):
         from gpu_trainer import trainer_run
 
         with tempfile.TemporaryDirectory(prefix="raptr-gpu-bench-") as tmp:
-            doc["trainer"] = trainer_run(Path(tmp), cuda=cuda, batch=s.batch, micro=a.micro or s.batch,
-                                         seq_len=s.seq_len, compiled=rec == "compiled", log=log, **s.trainer)
-        notes += doc["trainer"].pop("notes")
+            doc["trainer"] = guarded("trainer", lambda: trainer_run(
+                Path(tmp), cuda=cuda, batch=s.batch, micro=a.micro or s.batch, seq_len=s.seq_len,
+                compiled=rec == "compiled", log=log, **s.trainer))
+        if doc["trainer"]:
+            notes += doc["trainer"].pop("notes")
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     for mode in modes:
         if phase(f"large {mode}", need(15 if mode == "eager" else 45)):
-            doc["large"][mode] = measure(s.large, mode == "compiled", s, device, s.large_rounds, deadline, peak,
-                                         with_hf=False, log=log)
+            res = guarded(f"large {mode}", lambda: measure(s.large, mode == "compiled", s, device, s.large_rounds,
+                                                           deadline, peak, with_hf=False, log=log))
+            if res:
+                doc["large"][mode] = res
     doc.update(summary(doc, s))
     doc["table"] = table(doc, s, cuda)
     doc["elapsed_s"] = time.perf_counter() - t_start
@@ -342,6 +223,17 @@ def summary(doc: dict, s: Scale) -> dict:
     return out
 
 
+def _finite_or_none(x):
+    """NaN/inf -> None (JSON has neither), recursively."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
 def output_path(json_flag: bool, json_out: str | None, cuda: bool) -> str | None:
     """Where the JSON goes: --json-out; else with --json docs/gpu-results.json on a GPU and stdout
     ("-") on the CPU, so CPU figures never land in the committed GPU results by default."""
@@ -359,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"write the results as JSON: {RESULTS.relative_to(REPO)} on a GPU, stdout on the CPU")
     ap.add_argument("--json-out", default=None, help="write the JSON here instead ('-' = stdout)")
     ap.add_argument("--cpu-smoke", action="store_true", help="the tiny CPU scale even where CUDA is available")
-    ap.add_argument("--budget-s", type=float, default=240.0, help="global deadline, seconds (default 240)")
+    ap.add_argument("--budget-s", type=float, default=220.0,
+                    help="global deadline in seconds (default 220: with start-up and the last phase's overrun, ~4 minutes)")
     ap.add_argument("--modes", default=None, help="comma list of eager, compiled (default: both on a GPU, eager on CPU)")
     ap.add_argument("--only", default=None, help="comma list of phases: base, trainer, large (default: all)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 256; CPU smoke 4)")
@@ -380,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if quiet else (lambda m: print(m, flush=True))
     doc = run(a, log)
     print_table(doc, file=sys.stderr if quiet else sys.stdout)
-    text = json.dumps(doc, indent=2, allow_nan=False)
+    text = json.dumps(_finite_or_none(doc), indent=2, allow_nan=False)
     if out == "-":
         print(text)
     elif out:

@@ -32,6 +32,9 @@ def table(doc: dict, s, cuda: bool) -> list[dict]:
     """The rows, from run()'s document; `pass` is None on the CPU smoke (no target applies there)."""
     rows = []
     for key, spec, main in (("base", s.base, True), ("large", s.large, False)):
+        if not doc[key]:  # skipped (deadline, --only) or failed: say so in the table too
+            rows.append(_row(f"MFU, {spec.name} full model: not measured", None, "min" if main else "info",
+                             MFU_TARGET, fmt="pct"))
         for mode, res in doc[key].items():
             full = res["paths"][str(spec.layers)]
             rows.append(_row(f"MFU, {spec.name} full model, {mode}", full["mfu"], "min" if main else "info",
@@ -41,6 +44,9 @@ def table(doc: dict, s, cuda: bool) -> list[dict]:
                                  f"{res['paths'][str(k)]['flops_ratio']:.3f}, {mode}",
                                  res["paths"][str(k)]["ratio_vs_flops"], "within", 1.0, PATH_TOLERANCE))
         if main:
+            if not any("hf" in res for res in doc[key].values()):
+                rows.append(_row("tokens/s, raptr / transformers BertForMaskedLM (sdpa): not measured",
+                                 None, "min", VS_HF_TARGET, fmt="x"))
             for mode, res in doc[key].items():
                 if "hf" in res:
                     rows.append(_row(f"tokens/s, raptr / transformers BertForMaskedLM (sdpa), both {mode}",
@@ -51,7 +57,9 @@ def table(doc: dict, s, cuda: bool) -> list[dict]:
                         rows.append(_row(f"tokens/s, raptr {rec} / transformers {mode}", doc["vs_hf_recommended"],
                                          "min", VS_HF_TARGET, fmt="x"))
             tr = doc.get("trainer")
-            if tr:
+            if not tr:
+                rows.append(_row("data_share, real trainer: not measured", None, "max", DATA_SHARE_TARGET, fmt="pct"))
+            else:
                 what = f"real trainer ({tr['recipe']}, {tr['steps']} steps)"
                 rows.append(_row(f"data_share, {what}", tr["data_share"], "max", DATA_SHARE_TARGET, fmt="pct"))
                 rows.append(_row(f"MFU, {what}, all paths", tr["mfu"], "info", fmt="pct"))

@@ -94,10 +94,11 @@ def _weighted(rows: list[dict], key: str) -> float | None:
 
 
 def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int, steps: int, log_every: int,
-                compiled: bool, model: dict | None = None, vocab_size: int = 30522, n_words: int = 260_000,
-                log=print) -> dict:
+                compiled: bool, model: dict | None = None, vocab_size: int = 30522, n_words: int = 300_000,
+                eval_fraction: float = 0.12, log=print) -> dict:
     """One short `raptr pretrain` of the BERT-base RaPTr recipe in this process. `model`
-    overrides [model] keys (the CPU smoke's tiny width). Returns data_share, MFU, the stage
+    overrides [model] keys (the CPU smoke's tiny width). The eval split holds more than one batch
+    (~280 blocks of ~2,360), so evals run at the training batch shape, as with a real corpus. Returns data_share, MFU, the stage
     tables' figures, peak memory (CUDA) and the dry-run estimate for this very recipe."""
     from raptr_cli.planning import describe_run, effective_precision
     from raptr_cli.recipe import load_recipe
@@ -110,7 +111,7 @@ def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int,
     sets = [f'data.train=["{train}"]', f'tokenizer.path="{tok_file}"', f'data.cache_dir="{work / "cache"}"',
             f"train.steps={steps}", f"train.batch_size={batch}", f"train.micro_batch_size={micro}",
             f"train.seq_len={seq_len}", "train.eval_every=0", "train.eval_batches=1", "train.checkpoint_every=0",
-            f"train.log_every={log_every}", f"train.compile={'true' if compiled else 'false'}",
+            f"train.log_every={log_every}", f"data.eval_fraction={eval_fraction}", f"train.compile={'true' if compiled else 'false'}",
             f"optim.warmup_steps={max(1, steps // 10)}", "log.console=none"]
     sets += [f"model.{k}={v}" for k, v in (model or {}).items()]
     recipe = load_recipe(RECIPE, sets)

@@ -51,7 +51,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
         capture_output=True, text=True, timeout=240,
         env={**os.environ, "PYTHONPATH": env_path, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, json.loads(out.read_text())
+    doc = json.loads(out.read_text())
+    assert not [n for n in doc["notes"] if "failed" in n], proc.stderr[-3000:]  # every phase ran through
+    return proc, doc
 
 
 def _finite(x) -> bool:
@@ -140,5 +142,6 @@ def test_deadline_skips_phases_and_still_writes_every_key(tmp_path):
     assert gpu.main(["--cpu-smoke", "--budget-s", "0", "--json-out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert sum("skipped" in n for n in doc["notes"]) == 3  # base, trainer, large: nothing measured
-    assert doc["table"] == [] and doc["mfu_full"] is None and doc["path_ratio_vs_flops"] == {}
+    assert doc["mfu_full"] is None and doc["path_ratio_vs_flops"] == {}
+    assert doc["table"] and all(r["measured"] is None and "not measured" in r["check"] for r in doc["table"])
     assert doc["vs_hf"] is None and doc["data_share"] is None

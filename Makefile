@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # same version on a GPU machine) instead of resolving a newer multi-GB build.
 TORCH := torch==2.13.0
 
-.PHONY: install data test demo bench clean
+.PHONY: install data test demo bench gpu-bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: install data
 
 bench: install data
 	$(BIN)/python bench/run.py
+
+# issue 19, ~4 minutes on one GPU: the table, and docs/gpu-results.json on a CUDA machine (a CPU
+# smoke with the JSON on stdout elsewhere). Offline device: `python bench/gpu.py --json` (docs/benchmarks.md).
+gpu-bench: install
+	$(BIN)/python bench/gpu.py --json
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

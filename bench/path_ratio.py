@@ -68,10 +68,11 @@ class StepBench:
     """One model + AdamW; `step(layers)` runs one timed optimizer step (the Trainer's hot path)."""
 
     def __init__(self, hidden: int, seq_len: int, batch: int, vocab: int, seed: int = 0, *,
-                 device: str = "cpu", precision: str = "fp32", micro: int | None = None):
+                 device: str = "cpu", precision: str = "fp32", micro: int | None = None,
+                 layers: int = N_LAYERS, heads: int | None = None):
         torch.manual_seed(seed)
-        self.cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=N_LAYERS,
-                              num_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+        self.cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
+                              num_heads=heads or max(1, hidden // 64), intermediate_size=4 * hidden,
                               max_position_embeddings=max(512, seq_len))  # dropout 0.1: the defaults
         self.model = BertForMaskedLM(self.cfg).to(device).train()
         self.device, self.precision, self.micro = torch.device(device), precision, micro or batch
@@ -125,11 +126,11 @@ class StepBench:
                 "cpu": c4 - c0}
 
 
-def path_for(k: int, round_: int) -> list[int] | None:
-    """A k-layer RaPTr path (fixed 0 and 11 plus a seeded uniform subset); None = all 12."""
-    if k == N_LAYERS:
+def path_for(k: int, round_: int, n_layers: int = N_LAYERS) -> list[int] | None:
+    """A k-layer RaPTr path (fixed first and last layer plus a seeded uniform subset); None = all."""
+    if k == n_layers:
         return None
-    return sample_subset(N_LAYERS, FIXED, k, step_generator(1234 + k, round_))
+    return sample_subset(n_layers, [0, n_layers - 1], k, step_generator(1234 + k, round_))
 
 
 def per_step(hidden: int = 128, seq_len: int = 128, batch: int = 32, vocab: int = 8192,

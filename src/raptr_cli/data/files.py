@@ -195,16 +195,9 @@ def load_documents(files: list[Path] | str, text_field: str = "text") -> list[st
     `files` may also be an hf spec string from `resolve_data_files`.
     """
     if isinstance(files, str):
-        from datasets import load_dataset  # hub access stays possible: no offline flags
+        from .stream import hub_dataset  # the one hub loader (the token store streams from it)
 
-        name, split = parse_hf_spec(files)
-        try:
-            ds = load_dataset(name, split=split)
-        except Exception as exc:  # unknown name, no network, bad split: all user-fixable
-            raise UserError(f"data: cannot load the hub dataset {files!r} ({type(exc).__name__}: {exc})",
-                            hint="Check the name and split (hf:owner/name[:split]) and that the hub is "
-                                 "reachable, or download the files and name them instead.") from None
-        docs = _column(ds, text_field, f"The hub dataset {files!r}")
+        docs = _column(hub_dataset(files, text_field), text_field, f"The hub dataset {files!r}")
     else:
         docs = []
         for kind, group in _runs(files):

@@ -164,20 +164,23 @@ def pack_documents(
     return blocks
 
 
-def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, eval) block numbers of `split_blocks`, each sorted (int64): the split without the
-    blocks, for a token store that gathers rows on demand."""
+def _held_out_count(n: int, eval_fraction: float, unit: str, how: str, hint: str) -> int:
+    """round(n * eval_fraction) held-out units, at least 1 when the fraction is > 0, at most n - 1."""
     if not 0.0 <= eval_fraction < 1.0:
         raise UserError(
             f"The eval fraction {eval_fraction} is not in [0, 1).",
-            hint="Use e.g. 0.05 to hold out 5% of the blocks, or 0 for no holdout.",
+            hint=f"Use e.g. 0.05 to hold out 5% of the {unit}, or 0 for no holdout.",
         )
     n_eval = 0 if eval_fraction == 0 else max(1, round(n * eval_fraction))
     if n_eval >= n:
-        raise UserError(
-            f"Holding out {n_eval} of {n} blocks would leave nothing to train on.",
-            hint="Add data, lower the eval fraction, or give a separate `data.eval`.",
-        )
+        raise UserError(f"Holding out {n_eval} of {n} {unit}{how} would leave nothing to train on.", hint=hint)
+    return n_eval
+
+
+def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, eval) block numbers of `split_blocks`, each sorted (int64): the split without the
+    blocks, for a token store that gathers rows on demand."""
+    n_eval = _held_out_count(n, eval_fraction, "blocks", "", "Add data, lower the eval fraction, or give a separate `data.eval`.")
     gen = torch.Generator().manual_seed(seed_for("holdout", seed))
     perm = torch.randperm(n, generator=gen)
     eval_idx, _ = perm[:n_eval].sort()
@@ -198,19 +201,9 @@ def split_blocks(
 
 def held_out_documents(n: int, eval_fraction: float, seed: int) -> set[int]:
     """The indices of the documents `split_documents` holds out of n (validated the same way)."""
-    if not 0.0 <= eval_fraction < 1.0:
-        raise UserError(
-            f"The eval fraction {eval_fraction} is not in [0, 1).",
-            hint="Use e.g. 0.05 to hold out 5% of the documents, or 0 for no holdout.",
-        )
-    n_eval = 0 if eval_fraction == 0 else max(1, round(n * eval_fraction))
-    if n_eval >= n:
-        raise UserError(
-            f"Holding out {n_eval} of {n} documents (data.eval_split = \"documents\") would "
-            "leave nothing to train on.",
-            hint="Add documents, lower data.eval_fraction, use data.eval_split = \"blocks\", "
-            "or give a separate `data.eval`.",
-        )
+    n_eval = _held_out_count(n, eval_fraction, "documents", ' (data.eval_split = "documents")',
+                             'Add documents, lower data.eval_fraction, use data.eval_split = "blocks", '
+                             "or give a separate `data.eval`.")
     gen = torch.Generator().manual_seed(seed_for("holdout-documents", seed))
     return set(torch.randperm(n, generator=gen)[:n_eval].tolist())
 

@@ -15,13 +15,13 @@ nanosecond would be missed; anything else invalidates what was built from it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from raptr_cli.data.corpus import sha256_file
 from raptr_cli.data.files import JSON_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, parse_hf_spec
 from raptr_cli.errors import UserError
 
@@ -136,14 +136,6 @@ def iter_documents(files: list[Path] | str, text_field: str = "text") -> Iterato
             i += 1
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _memo_path() -> Path:
     from raptr_cli.data.corpus import cache_root
 
@@ -164,7 +156,7 @@ def source_fingerprints(files: list[Path] | str, text_field: str) -> list[dict]:
         st = p.stat()
         key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in memo:
-            memo[key], changed = _sha256_file(p), True
+            memo[key], changed = sha256_file(p), True
         out.append({"name": p.name, "bytes": st.st_size, "sha256": memo[key]})
     if changed:
         try:

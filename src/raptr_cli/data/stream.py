@@ -59,8 +59,16 @@ def _need_field(columns: list[str], text_field: str, where: str) -> None:
 def _jsonl(path: Path, text_field: str) -> Iterator[str]:
     rows = hits = 0
     fields: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
+    offset = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:  # JSON text is UTF-8 (RFC 8259): name the first byte that is not, as files.py does
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"{path} is not UTF-8 text: byte {offset + e.start} is {raw[e.start:e.start + 1]!r} ({e.reason})",
+                    hint="JSON data must be UTF-8; re-encode the file (e.g. `iconv -f latin1 -t utf-8`).") from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:

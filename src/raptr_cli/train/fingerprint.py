@@ -23,9 +23,10 @@ def data_fingerprint(train: torch.Tensor, eval_: torch.Tensor) -> str:
     """sha256 (24 hex digits) of the packed blocks; about 1 s per GB of tokens."""
     h = hashlib.sha256()
     for t in (train, eval_):
-        arr = t.contiguous().numpy()
-        h.update(f"{arr.dtype}|{tuple(arr.shape)}|".encode())  # no two splits of one stream collide
-        h.update(arr)
+        h.update(f"{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())  # no two splits collide
+        # a token store's view (data/store.py) is read a chunk of rows at a time: RSS stays flat
+        for chunk in (t.chunks() if hasattr(t, "chunks") else (t,)):
+            h.update(chunk.contiguous().numpy())
     return h.hexdigest()[:24]
 
 

@@ -179,12 +179,29 @@ def _runs(files: list[Path]) -> list[tuple[str, list[Path]]]:
     return runs
 
 
+def hub_dataset(spec: str, text_field: str):
+    """The hub dataset of `spec` ("hf:owner/name[:split]") through `datasets`' cache, one column."""
+    from datasets import load_dataset  # hub access stays possible: no offline flags
+
+    name, split = parse_hf_spec(spec)
+    try:
+        ds = load_dataset(name, split=split)
+    except Exception as exc:  # unknown name, no network, bad split: all user-fixable
+        raise UserError(f"data: cannot load the hub dataset {spec!r} ({type(exc).__name__}: {exc})",
+                        hint="Check the name and split (hf:owner/name[:split]) and that the hub is "
+                             "reachable, or download the files and name them instead.") from None
+    need_field(ds.column_names, text_field, f"The hub dataset {spec!r}")
+    return ds.select_columns([text_field])
+
+
+def need_field(columns: list[str], text_field: str, where: str) -> None:
+    if text_field not in columns:
+        raise UserError(f"{where} has no field {text_field!r}.",
+                        hint=f"Its fields are {columns}; set the recipe's text field to one of them.")
+
+
 def _column(ds, text_field: str, where: str) -> list[str]:
-    if text_field not in ds.column_names:
-        raise UserError(
-            f"{where} has no field {text_field!r}.",
-            hint=f"Its fields are {ds.column_names}; set the recipe's text field to one of them.",
-        )
+    need_field(ds.column_names, text_field, where)
     return [t for t in ds[text_field] if isinstance(t, str)]
 
 
@@ -195,8 +212,6 @@ def load_documents(files: list[Path] | str, text_field: str = "text") -> list[st
     `files` may also be an hf spec string from `resolve_data_files`.
     """
     if isinstance(files, str):
-        from .stream import hub_dataset  # the one hub loader (the token store streams from it)
-
         docs = _column(hub_dataset(files, text_field), text_field, f"The hub dataset {files!r}")
     else:
         docs = []

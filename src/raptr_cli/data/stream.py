@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from raptr_cli.data.corpus import sha256_file
-from raptr_cli.data.files import JSON_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, parse_hf_spec
+from raptr_cli.data.files import JSON_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, hub_dataset
+from raptr_cli.data.files import need_field as _need_field
 from raptr_cli.errors import UserError
 
 BATCH_DOCS = 256        # documents per batch (jsonl/parquet/hub rows)
@@ -33,27 +34,6 @@ def _offline() -> None:
     # Local files only: keep `datasets` from probing the hub; read when it is first imported.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
-
-
-def hub_dataset(spec: str, text_field: str):
-    """The hub dataset of `spec` ("hf:owner/name[:split]") through `datasets`' cache, one column."""
-    from datasets import load_dataset  # hub access stays possible: no offline flags
-
-    name, split = parse_hf_spec(spec)
-    try:
-        ds = load_dataset(name, split=split)
-    except Exception as exc:  # unknown name, no network, bad split: all user-fixable
-        raise UserError(f"data: cannot load the hub dataset {spec!r} ({type(exc).__name__}: {exc})",
-                        hint="Check the name and split (hf:owner/name[:split]) and that the hub is "
-                             "reachable, or download the files and name them instead.") from None
-    _need_field(ds.column_names, text_field, f"The hub dataset {spec!r}")
-    return ds.select_columns([text_field])
-
-
-def _need_field(columns: list[str], text_field: str, where: str) -> None:
-    if text_field not in columns:
-        raise UserError(f"{where} has no field {text_field!r}.",
-                        hint=f"Its fields are {columns}; set the recipe's text field to one of them.")
 
 
 def _jsonl(path: Path, text_field: str) -> Iterator[str]:

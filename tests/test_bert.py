@@ -215,13 +215,19 @@ def test_pre_norm_variant() -> None:
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert m.bert.encoder.final_layer_norm.weight.grad is not None
-    # pre-LN residual: with scale s the update is exactly s * f(x)
+    # pre-LN, as PLD publishes it (Zhang & He 2020): with scale s EACH residual branch is scaled,
+    # h = x + s Attn(LN(x)), out = h + s MLP(LN(h)) (the MLP sees the scaled attention update)
     m.eval()
     with torch.no_grad():
         x = torch.randn(B, T, 32)
-        f = m.blocks[1](x) - x
+        blk = m.blocks[1]
+        att, mlp = blk.attention.output, blk.output
+        h = x + 0.5 * att.dense(blk.attention.self(att.LayerNorm(x), None))
+        out = h + 0.5 * mlp.dense(blk.intermediate(mlp.LayerNorm(h)))
         y = m.bert.encoder(x, None, [1], [0.5])
-        torch.testing.assert_close(y, m.bert.encoder.final_layer_norm(x + 0.5 * f))
+        torch.testing.assert_close(y, m.bert.encoder.final_layer_norm(out))
+        # differs from scaling the whole block update, x + s (block(x) - x)
+        assert not torch.allclose(y, m.bert.encoder.final_layer_norm(x + 0.5 * (blk(x) - x)))
 
 
 # ---------------------------------------------------------------- MLM head on masked positions

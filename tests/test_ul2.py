@@ -160,9 +160,14 @@ def test_skipping_is_identity_and_scales_scale_the_update() -> None:
         cos, sin = rotary_cos_sin(9, 8, m.config.rope_theta, x.device, x.dtype)
         mask = prefix_lm_mask(plen, 9)
         x = m.blocks[0](x, cos, sin, mask)
-        x = x + 0.5 * (m.blocks[2](x, cos, sin, mask) - x)
+        # PLD's published pre-norm scaling: each residual branch times s (Zhang & He 2020)
+        b = m.blocks[2]
+        whole = x + 0.5 * (b(x, cos, sin, mask) - x)
+        x = x + 0.5 * b.self_attn(b.input_layernorm(x), cos, sin, mask)
+        x = x + 0.5 * b.mlp(b.post_attention_layernorm(x))
         want = m.lm_head(m.model.norm(x))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, m.lm_head(m.model.norm(whole)))
 
 
 def test_head_only_on_labelled_positions() -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raptr_cli.errors import UserError
-from raptr_cli.models.common import gather_labelled, resolve_path
+from raptr_cli.models.common import branch_scale, gather_labelled, resolve_path
 from raptr_cli.models.presets import BERT_PRESETS, BertConfig  # noqa: F401  (re-exported)
 
 
@@ -128,16 +128,26 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = _DenseNorm(config.intermediate_size, config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`scale` (a 0-d tensor, so a compiled block does not recompile per value; None = 1): the
+        training-time 1/p of stochastic depth, PLD and RaPTr's inverse_p. Pre-LN scales each residual
+        branch, x + s Attn(LN(x)) then h + s MLP(LN(h)), as PLD publishes it (Zhang & He 2020);
+        post-LN has no residual branch outside its LayerNorm, so there the whole block update is
+        scaled: x + s (block(x) - x)."""
         att, mlp = self.attention.output, self.output
-        add = torch.add if self.residual else (lambda x, f: f)  # residual=False: f(x) replaces x
         if self.pre_norm:
+            branch = (lambda f: f) if scale is None else (lambda f: scale * f)
+            add = ((lambda x, f: x + branch(f)) if self.residual
+                   else (lambda x, f: branch(f)))  # residual=False: f(x) replaces x
             # x + Attn(LN(x)), then h + MLP(LN(h))
             x = add(x, att.dropout(att.dense(self.attention.self(att.LayerNorm(x), mask))))
             return add(x, mlp.dropout(mlp.dense(self.intermediate(mlp.LayerNorm(x)))))
+        add = torch.add if self.residual else (lambda x, f: f)
         # Post-LN (original BERT): LN(x + Attn(x)), then LN(h + MLP(h))
-        x = att.LayerNorm(add(x, att.dropout(att.dense(self.attention.self(x, mask)))))
-        return mlp.LayerNorm(add(x, mlp.dropout(mlp.dense(self.intermediate(x)))))
+        h = att.LayerNorm(add(x, att.dropout(att.dense(self.attention.self(x, mask)))))
+        out = mlp.LayerNorm(add(h, mlp.dropout(mlp.dense(self.intermediate(h)))))
+        return out if scale is None else torch.lerp(x, out, scale)
 
 
 class BertEncoder(nn.Module):
@@ -151,13 +161,7 @@ class BertEncoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 layers: Sequence[int], scales: Sequence[float] | None) -> torch.Tensor:
         for j, i in enumerate(layers):
-            s = 1.0 if scales is None else float(scales[j])
-            if s == 1.0:
-                x = self.layer[i](x, mask)
-            else:
-                # out = x + s * (block(x) - x): scales the block's residual update f(x) for
-                # pre-LN (= x + s f(x)) and generalises it to post-LN blocks.
-                x = torch.lerp(x, self.layer[i](x, mask), s)
+            x = self.layer[i](x, mask, branch_scale(scales, j, x))
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         return x
@@ -276,7 +280,7 @@ class BertForMaskedLM(nn.Module):
         """input_ids, attention_mask ({0,1}), token_type_ids, labels: (B, T) integer tensors.
 
         layers: blocks to run this step (None = all); the others are not executed.
-        scales: one per entry of `layers` (None = all 1): out = x + s * (block(x) - x).
+        scales: one per entry of `layers` (None = all 1), see `BertLayer.forward`.
         label_index: `models.common.labelled_index(labels)` when the caller has it (computed on the
             host, it spares the forward a device->host sync).
         """

@@ -102,6 +102,14 @@ def resolve_path(layers: Sequence[int] | None, scales: Sequence[float] | None,
     return order, scales
 
 
+def branch_scale(scales: Sequence[float] | None, j: int, like: torch.Tensor) -> torch.Tensor | None:
+    """The j-th block's training-time scale as a 0-d tensor on `like`'s device and dtype (a tensor,
+    so a compiled block takes it as an input instead of recompiling per value), or None for 1.0."""
+    if scales is None or float(scales[j]) == 1.0:
+        return None
+    return torch.tensor(float(scales[j]), device=like.device, dtype=like.dtype)
+
+
 def labelled_index(labels: torch.Tensor) -> torch.Tensor:
     """Flat row-major indices of the positions of labels (B, T) that carry a label (!= -100)."""
     return (labels != -100).reshape(-1).nonzero().squeeze(1)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raptr_cli.models.common import gather_labelled, resolve_path
+from raptr_cli.models.common import branch_scale, gather_labelled, resolve_path
 from raptr_cli.models.presets import UL2_PRESETS, DecoderConfig  # noqa: F401  (re-exported)
 
 
@@ -135,9 +135,13 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask))
-        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+                mask: torch.Tensor | None, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`scale` (0-d tensor or None = 1; training-time 1/p): each residual branch is scaled,
+        x + s Attn(N(x)), then h + s MLP(N(h)), as PLD (Zhang & He 2020) scales a pre-norm block."""
+        a = self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask))
+        x = x + (a if scale is None else scale * a)
+        m = self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        return x + (m if scale is None else scale * m)
 
 
 class DecoderModel(nn.Module):
@@ -207,12 +211,7 @@ class DecoderForPrefixLM(nn.Module):
                                   self.config.rope_theta, x.device, x.dtype)
         mask = None if prefix_len is None else prefix_lm_mask(prefix_len.to(x.device), T)
         for j, i in enumerate(order):
-            s = 1.0 if scales is None else float(scales[j])
-            if s == 1.0:
-                x = self.blocks[i](x, cos, sin, mask)
-            else:
-                # Pre-norm block: block(x) - x is its residual update f(x), so this is x + s f(x).
-                x = torch.lerp(x, self.blocks[i](x, cos, sin, mask), s)
+            x = self.blocks[i](x, cos, sin, mask, branch_scale(scales, j, x))
         return self.model.norm(x)
 
     def forward(
@@ -229,7 +228,7 @@ class DecoderForPrefixLM(nn.Module):
 
         labels[b, t] is the token position t predicts (-100 = no loss there); no shifting here.
         layers: blocks to run this step (None = all); the others are not executed.
-        scales: one per entry of `layers` (None = all 1): out = x + s * (block(x) - x).
+        scales: one per entry of `layers` (None = all 1), applied to each residual branch (`DecoderLayer`).
         label_index: `models.common.labelled_index(labels)` when the caller has it (computed on the
             host, it spares the forward a device->host sync).
         """

@@ -311,5 +311,6 @@ def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool
         "ratio": fl["ratio"], "speedup": fl["speedup"], "layers_only": fl["layers_only"],
         "memory": memory_estimate(recipe, cfg, pc["total"], (precision or t.precision) == "bf16", layout),
         "fixed_layers": plan.fixed, "sampler": plan.sampler, "scale": plan.scale,
+        "schedule_notes": plan.notes(),
         "warnings": list(recipe.warnings),
     }

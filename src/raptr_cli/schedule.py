@@ -62,6 +62,9 @@ class ScheduleConfig:
     """pld: asymptotic keep probability of the last layer, theta_bar."""
     pld_gamma: float = 0.001
     """pld: decay rate gamma of theta(t) = (1 - theta_bar) * exp(-gamma * t) + theta_bar."""
+    pld_match_path_lengths: list[int] = field(default_factory=list)
+    """pld: raptr path lengths (equal stages) whose expected layer count, hence FLOPs, PLD matches by
+    solving for gamma (then pld_gamma must stay at its default); e.g. [6, 8, 10, 12]."""
     sd_keep_prob: float | None = None
     """stochastic_depth: constant keep prob of free layers; None = solve from sd_match_path_lengths."""
     sd_match_path_lengths: list[int] = field(default_factory=list)
@@ -224,6 +227,13 @@ class Plan:
         power = 1.0 if mode == "inverse_p" else 0.5
         return [1.0 / probs[i] ** power if probs[i] > 0 else 1.0 for i in layers]
 
+    def notes(self) -> list[str]:
+        """Resolved schedule values worth showing next to the stage table (PLD's decay)."""
+        if self.method != "pld":
+            return []
+        return [f"PLD theta(t) = {1 - self.pld_theta_bar:g} exp(-{self.pld_gamma:.6g} t) + {self.pld_theta_bar:g}, "
+                f"t from step {self.pld_start}; layer i of {self.n_layers} kept with p = 1 - (i/{self.n_layers})(1 - theta)"]
+
     def expected_active(self, step: int) -> float:
         if self._is_pld(step):
             return float(sum(self.keep_probs(step)))
@@ -246,6 +256,23 @@ def _pld_layer_steps(n_layers: int, fixed: list[int], theta_bar: float, gamma: f
     return float(np.sum(n_layers - s / n_layers * one_minus_theta))
 
 
+def solve_pld_gamma(n_layers: int, fixed: list[int], theta_bar: float, steps: int, mean_k: float) -> float:
+    """The gamma whose PLD run of `steps` steps has `mean_k` expected active layers per step (bisection
+    on a log scale; the mean falls monotonically in gamma). Raises ValueError when `mean_k` is out of reach."""
+    def mean(g: float) -> float:
+        return _pld_layer_steps(n_layers, fixed, theta_bar, g, 0, steps) / steps
+    lo, hi = 0.0, 1e3
+    if mean_k >= mean(lo):
+        return 0.0
+    if mean_k < mean(hi):
+        raise ValueError(f"{mean(hi):.3f}")
+    lo = 1e-9
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if mean(mid) > mean_k else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
 def build_plan(cfg: ScheduleConfig, n_layers: int, total_steps: int, tokens_per_step: int, seed: int) -> Plan:
     """Validate `cfg` (every problem at once, as a UserError) and resolve it into a Plan."""
     errors, warnings = cfg.problems(n_layers, total_steps, tokens_per_step)
@@ -254,8 +281,17 @@ def build_plan(cfg: ScheduleConfig, n_layers: int, total_steps: int, tokens_per_
                         hint="Fix the keys named above; --set schedule.KEY=VALUE overrides one.")
     m, L, fixed = cfg.method, n_layers, cfg.fixed_for(n_layers)
     n_free = L - len(fixed)
-    plan = Plan(m, L, [], fixed, seed, cfg.sampler, cfg.scale, cfg.pld_theta_bar, cfg.pld_gamma, warnings=warnings)
     w = cfg.full_warmup_for(total_steps) if m in ("raptr", "pld", "stochastic_depth") else 0
+    gamma = cfg.pld_gamma
+    if m == "pld" and cfg.pld_match_path_lengths:
+        k_bar = sum(cfg.pld_match_path_lengths) / len(cfg.pld_match_path_lengths)
+        try:
+            gamma = solve_pld_gamma(L, fixed, cfg.pld_theta_bar, total_steps - w, k_bar)
+        except ValueError as e:
+            raise UserError(f"schedule.pld_match_path_lengths: PLD cannot average {k_bar:g} layers per step",
+                            hint=f"With pld_theta_bar = {cfg.pld_theta_bar} its least mean is {e} layers; "
+                                 "lower pld_theta_bar or match longer paths.") from None
+    plan = Plan(m, L, [], fixed, seed, cfg.sampler, cfg.scale, cfg.pld_theta_bar, gamma, warnings=warnings)
     stages = [Stage(0, 0, w, float(L), 1.0, L)] if w else []
 
     def add(end: int, k: float, p: float, depth: int = L) -> None:
@@ -283,7 +319,7 @@ def build_plan(cfg: ScheduleConfig, n_layers: int, total_steps: int, tokens_per_
         add(total_steps, len(fixed) + p * n_free, p)
     else:  # pld: one stage spanning the run (after the optional warmup)
         plan.pld_start = w
-        mean_k = _pld_layer_steps(L, fixed, cfg.pld_theta_bar, cfg.pld_gamma, 0, total_steps - w) / (total_steps - w)
+        mean_k = _pld_layer_steps(L, fixed, cfg.pld_theta_bar, gamma, 0, total_steps - w) / (total_steps - w)
         add(total_steps, mean_k, (mean_k - len(fixed)) / n_free if n_free else 1.0)
     plan.stages = stages
     return plan

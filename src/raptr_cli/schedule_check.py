@@ -72,6 +72,13 @@ def schedule_problems(cfg: "ScheduleConfig", n_layers: int, total_steps: int,
         v = getattr(cfg, key)
         if m == method and v is not None and not ok(v):
             E(f"schedule.{key} = {v} must be {rule}")
+    if m == "pld" and cfg.pld_match_path_lengths:
+        if cfg.pld_gamma != 0.001:
+            E(f"schedule.pld_gamma = {cfg.pld_gamma} and schedule.pld_match_path_lengths: give one "
+              "(matching solves gamma; drop pld_gamma)")
+        for j, k in enumerate(cfg.pld_match_path_lengths):
+            if not 1 <= k <= L:
+                E(f"schedule.pld_match_path_lengths[{j}] = {k} must lie between 1 and model.n_layers = {L}")
     if m == "stochastic_depth":
         p, ks = cfg.sd_keep_prob, cfg.sd_match_path_lengths
         if (p is None) == (not ks):

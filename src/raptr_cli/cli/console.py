@@ -100,6 +100,8 @@ class Console:
             f"FLOPs {si(p['total_flops'])} = {p['ratio']:.3f}x baseline "
             f"(speedup {p['speedup']:.3f}x whole model, {p['layers_only']['speedup']:.3f}x layers only) | "
             f"memory ~{mem['total_gib']:.2f} GiB{_layout(mem)}")
+        for note in p.get("schedule_notes", []):
+            self.out.print(note)
 
     # --- the Sink protocol ---------------------------------------------------------------------
     def log(self, row: dict) -> None:

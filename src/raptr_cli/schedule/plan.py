@@ -124,16 +124,18 @@ def rescaled_schedule(cfg: ScheduleConfig, total_steps: int, tokens_per_step: in
 
     The warm-up keeps its share of the run and each stage its share of the staged span; keys given as
     fractions rescale by themselves and are left out. A stage in steps or tokens makes every stage a
-    `steps` entry: the cumulative boundaries scaled and rounded by `stage_ends`. Call it on a schedule
-    that validated for `total_steps`."""
+    `steps` entry: the cumulative boundaries scaled and rounded by `stage_ends` over the staged span
+    build_plan will compute at `new_steps`: a warm-up fraction is rounded at `new_steps` (also where
+    it rounded to 0 steps at `total_steps`). Call it on a schedule that validated for `total_steps`."""
     out: dict = {}
     M = method_class(cfg.method)
     w = M.warmup_steps(cfg, total_steps)
-    new_w = w
-    if w and cfg.full_warmup_fraction is None:
-        new_w = out["full_warmup_steps"] = int(round(w * new_steps / total_steps))
-    elif w:
+    if cfg.full_warmup_fraction is not None:
         new_w = M.warmup_steps(cfg, new_steps)
+    elif w:
+        new_w = out["full_warmup_steps"] = int(round(w * new_steps / total_steps))
+    else:
+        new_w = 0
     stages = cfg.stages if M.size_keys else []
     keys = [next(k for k in LENGTH_KEYS if getattr(s, k) is not None) for s in stages]
     if all(k == "fraction" for k in keys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..rng import sample_subset, step_generator
+from ..stages import stage_bounds
 from .base import Checks, Method, bernoulli_layers
 
 if TYPE_CHECKING:
@@ -34,8 +35,6 @@ class RaPTr(Method):
                    "model is never trained (the paper's last stage is the full model)")
 
     def resolve(self, plan: Plan, warmup: int, total_steps: int, tokens_per_step: int) -> list[tuple]:
-        from ..stages import stage_bounds
-
         cfg, L, fixed = self.cfg, self.n_layers, plan.fixed
         n_free = L - len(fixed)
         ends, _, _ = stage_bounds(cfg.stages, total_steps, tokens_per_step, total_steps - warmup)

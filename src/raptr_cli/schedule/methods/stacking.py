@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..stages import stage_bounds
 from .base import Checks, Method
 
 if TYPE_CHECKING:
@@ -45,8 +46,6 @@ class Stacking(Method):
             c.error(f"schedule.stages[{len(ds) - 1}].depth = {int(ds[-1])} must equal model.n_layers = {self.n_layers}")
 
     def resolve(self, plan: Plan, warmup: int, total_steps: int, tokens_per_step: int) -> list[tuple]:
-        from ..stages import stage_bounds
-
         ends, _, _ = stage_bounds(self.cfg.stages, total_steps, tokens_per_step, total_steps)
         return [(end, s.depth, 1.0, s.depth) for s, end in zip(self.cfg.stages, ends)]
 

@@ -136,7 +136,7 @@ def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool, layout: dict =
 
 # Host bytes per token of the global batch while it is built (every process builds all of it, then
 # keeps its rows): int32 rows, int64 ids, labels and random replacements, two float32 draws and the
-# boolean masks of masking (data/masking.py), with the temporaries of torch.where.
+# boolean masks of masking (objectives/mlm.py), with the temporaries of torch.where.
 HOST_BATCH_BYTES_PER_TOKEN = 64
 
 

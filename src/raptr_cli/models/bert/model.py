@@ -21,13 +21,12 @@ and gives the same logits. Two deliberate additions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raptr_cli.errors import UserError
 from raptr_cli.models.bert.config import BertConfig
 from raptr_cli.models.common import branch_scale, gather_labelled, resolve_path
 from raptr_cli.subnet import Subnet

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..models.registry import arch_spec
 from .config import FinetuneConfig, config_dict
 from .heads import classifier_for, encode
 from .loop import Data, Progress, finetune, main_metric
@@ -142,17 +143,13 @@ def save_classifier(model: torch.nn.Module, p: Pretrained, task: Task, path: Pat
     meta = {"num_labels": task.num_labels, "id2label": dict(enumerate(labels)),
             "label2id": {n: i for i, n in enumerate(labels)},
             "problem_type": "regression" if task.kind == "regression" else "single_label_classification"}
-    cfg = p.model_config
-    if p.arch == "bert" and cfg.norm == "post":
-        from ..models.bert.hf import tokenizer_config
-
-        conf = {**cfg.to_hf_dict(), "architectures": ["BertForSequenceClassification"],
-                "pad_token_id": int(p.specials["pad"]), "torch_dtype": "float32", **meta}
-        tok_conf = tokenizer_config(p.tokenizer, cfg)
+    cfg, spec = p.model_config, arch_spec(p.arch).finetune
+    hf = spec.hf_configs(cfg, p.tokenizer, p.specials, meta)
+    if hf is not None:
+        conf, tok_conf = hf
         (path / "tokenizer_config.json").write_text(json.dumps(tok_conf, indent=2) + "\n")
     else:
-        conf = {"arch": p.arch, **asdict(cfg), "head": "mean-pooled prefix" if p.arch == "ul2" else "pooler",
-                **meta}
+        conf = {"arch": p.arch, **asdict(cfg), "head": spec.head, **meta}
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
     shutil.copyfile(p.tokenizer_file, path / "tokenizer.json")

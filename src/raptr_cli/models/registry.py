@@ -50,6 +50,23 @@ class HFExport:
 
 
 @dataclass(frozen=True)
+class FinetuneSpec:
+    """How `raptr finetune` puts a classification head on the architecture and feeds it."""
+
+    classifier: Callable[[Any, int], Any]
+    """(pretrained module, num_labels) -> the classifier module (imports torch)."""
+    frame: Callable[[dict, list[int], list[int] | None], tuple[list[int], list[int]]]
+    """(specials, text ids, pair ids or None) -> (ids, segment ids), as pretraining saw text."""
+    overhead: tuple[int, int]
+    """Specials `frame` adds to a single text and to a pair (the texts are cut to fit)."""
+    head: str
+    """Names the head in a raptr-format classifier's config.json."""
+    hf_configs: Callable[[Any, Any, dict, dict], tuple[dict, dict] | None] = field(default=lambda *a: None)
+    """(config, tokenizer, specials, label metadata) -> (config.json, tokenizer_config.json) of a
+    transformers classifier directory; None: saved in raptr's format."""
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """One model family: its config and presets, how the recipe's [model] keys map onto them,
     its counts, its module, tokenizer, default objective, data layout and HF export."""
@@ -79,6 +96,7 @@ class ArchSpec:
     frame: tuple[str, str] | None = None
     """Specials (keys of `tokenizer.specials`) that open and close each "bert" block."""
     export: HFExport | None = None
+    finetune: FinetuneSpec | None = None
     problems: Callable[[Any], list[str]] = field(default=lambda recipe: [])
     """Recipe -> problems with keys this architecture cannot honour, each naming its key."""
 

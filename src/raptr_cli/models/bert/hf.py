@@ -39,6 +39,17 @@ def tied_keys(cfg: BertConfig) -> tuple[str, ...]:
     return TIED_KEYS  # BERT's decoder is always tied
 
 
+def classifier_configs(cfg: BertConfig, tok: Tokenizer, specials: dict, meta: dict) -> tuple[dict, dict] | None:
+    """(config.json, tokenizer_config.json) of a fine-tuned model saved as a transformers
+    `BertForSequenceClassification` directory; None for a pre-LN or no-LayerNorm BERT, which
+    HF's BERT would compute differently."""
+    if cfg.norm != "post":
+        return None
+    conf = {**cfg.to_hf_dict(), "architectures": ["BertForSequenceClassification"],
+            "pad_token_id": int(specials["pad"]), "torch_dtype": "float32", **meta}
+    return conf, tokenizer_config(tok, cfg)
+
+
 def tokenizer_config(tok: Tokenizer, cfg: BertConfig) -> dict[str, Any]:
     """tokenizer_config.json for a raptr WordPiece tokenizer.
 

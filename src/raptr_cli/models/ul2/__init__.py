@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import ArchSpec, HFExport, TokenizerSpec
+from ..registry import ArchSpec, FinetuneSpec, HFExport, TokenizerSpec
 from . import hf
 from .config import UL2_PRESETS, DecoderConfig, dims, param_count
 
@@ -41,6 +41,18 @@ def _problems(recipe: Any) -> list[str]:
     return p
 
 
+def _classifier(backbone: Any, num_labels: int) -> Any:
+    from .classifier import DecoderClassifier
+
+    return DecoderClassifier(backbone, num_labels)
+
+
+def _frame(specials: dict, a: list[int], b: list[int] | None) -> tuple[list[int], list[int]]:
+    """`[NLU] A ([EOS] B)`, one segment: the whole input is the bidirectional prefix."""
+    seq = [specials["[NLU]"], *a] + ([] if b is None else [specials["eos"], *b])
+    return seq, [0] * len(seq)
+
+
 SPEC = ArchSpec(
     name="ul2", config=DecoderConfig, presets=UL2_PRESETS, build=_build, param_count=param_count, dims=dims,
     tokenizer=TokenizerSpec(kind="bpe", train=_train_tokenizer, specials=_specials),
@@ -50,4 +62,5 @@ SPEC = ArchSpec(
     dropouts={"dropout": "dropout"},
     export=HFExport(architecture="LlamaForCausalLM", auto_class="AutoModelForCausalLM", configs=hf.configs,
                     tied_keys=hf.tied_keys),
+    finetune=FinetuneSpec(classifier=_classifier, frame=_frame, overhead=(1, 2), head="mean-pooled prefix"),
 )

@@ -118,11 +118,13 @@ def _train(recipe: Path, run_dir: Path, say) -> None:
     from .compare_cmd import _reusable
     from .pretrain_cmd import pretrain
 
-    if _reusable(recipe, load_recipe(recipe), run_dir):
+    reuse = _reusable(recipe, load_recipe(recipe), run_dir)
+    if reuse == "finished":
         say(f"reusing {run_dir} (delete it to retrain)")
         return
     t = time.perf_counter()
-    pretrain(recipe, out=run_dir, set_=[], resume=False, overwrite=True, dry_run=False, json_out=False)
+    resume = reuse == "partial"  # continue an interrupted sweep model from its checkpoint
+    pretrain(recipe, out=run_dir, set_=[], resume=resume, overwrite=not resume, dry_run=False, json_out=False)
     say(f"trained {run_dir} in {time.perf_counter() - t:.1f} s")
 
 

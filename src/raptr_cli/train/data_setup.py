@@ -76,9 +76,8 @@ def _tokenizer_for(recipe: Recipe, source: Source, part: dict) -> object:
         return load_run_tokenizer(recipe, path)
     docs, chosen = source.sample(part, t.train_sample_bytes)
     spec = arch_spec(recipe.model.arch).tokenizer
-    kind = spec.kind
     # v3: keyed by file fingerprints and the sample instead of every document's hash
-    ident = [f"{kind}-v3", t.vocab_size, t.lowercase, t.min_frequency, source.fingerprints, source.text_field,
+    ident = [f"{spec.kind}-v3", t.vocab_size, t.lowercase, t.min_frequency, source.fingerprints, source.text_field,
              part, chosen]
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
     cached = _blocks_cache(recipe) / "tokenizers" / f"{h.hexdigest()[:24]}.json"

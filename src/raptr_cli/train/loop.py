@@ -18,6 +18,7 @@ from ..data.corpus import sha256_file
 from ..errors import UserError
 from ..models import build_model, resolve_model_config
 from ..models.common import grow_by_stacking
+from ..objectives import objective_for
 from ..planning import effective_precision, model_dims
 from ..recipe import Recipe
 from ..schedule import Plan, build_plan, method_class
@@ -29,7 +30,6 @@ from .rundir import prepare_out_dir, resolved_toml, write_recipe  # noqa: F401 (
 from .optim import build_optimizer, lr_factor, warmup_steps_of
 from .prefetch import Prefetcher
 from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
-from .objective import objective_for
 from .stopping import StopSignals
 from .step import evaluate, forward_backward, step_seed, sync_gradients, train_batch
 

@@ -244,7 +244,8 @@ def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool
     vocab = vocab_size or recipe_vocab_size(recipe)
     cfg = resolve_model_config(recipe.model, vocab, recipe.train.seq_len)
     t = recipe.train
-    plan = build_plan(recipe.schedule, cfg.num_layers, t.steps, recipe.tokens_per_step, recipe.run.seed)
+    plan = build_plan(recipe.schedule, cfg.num_layers, t.steps, recipe.tokens_per_step, recipe.run.seed,
+                      (cfg.num_heads, cfg.intermediate_size))
     pc = param_count(cfg)
     if meta_model:  # build for real on the meta device: catches config errors the formula cannot
         import torch

@@ -318,12 +318,13 @@ def parse_recipe(data: dict, overrides: list[str] = (), base_dir: Path = Path(".
     problems += _check_ranges(recipe)
     if typed_ok and not any(p.startswith("model.") for p in problems):
         try:
-            n_layers = resolve_model_config(recipe.model, recipe.tokenizer.vocab_size, recipe.train.seq_len).num_layers
+            mc = resolve_model_config(recipe.model, recipe.tokenizer.vocab_size, recipe.train.seq_len)
+            n_layers, widths = mc.num_layers, (mc.num_heads, mc.intermediate_size)
         except UserError as e:
             problems += e.problems or [e.message]
             n_layers = None
         if n_layers is not None and recipe.train.steps > 0 and typed_ok:
-            errors, warnings = recipe.schedule.problems(n_layers, recipe.train.steps, recipe.tokens_per_step)
+            errors, warnings = recipe.schedule.problems(n_layers, recipe.train.steps, recipe.tokens_per_step, widths)
             problems += errors
             recipe.warnings = list(warnings)
     if problems:

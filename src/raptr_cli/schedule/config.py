@@ -24,6 +24,11 @@ class StageConfig:
     """raptr: keep probability p of each non-fixed layer (instead of path_length)."""
     depth: int | None = None
     """stacking: model depth during this stage."""
+    heads_fraction: float | None = None
+    """raptr: share of each active block's attention heads drawn per step (0 < f <= 1, heads * f whole;
+    None = all). With no size key the stage runs every layer (width only)."""
+    mlp_fraction: float | None = None
+    """raptr: share of each active block's MLP intermediate units drawn per step (as heads_fraction)."""
 
 
 @dataclass
@@ -41,6 +46,8 @@ class ScheduleConfig:
     """raptr: "subset" (exactly k - |fixed| free layers, uniformly) | "bernoulli" (each free layer on with p)."""
     scale: str = "none"
     """Train-time scale of active free layers (OPEN): "none" | "inverse_p" | "sqrt_inverse_p"; pld: 1/p."""
+    width_scale: str = "none"
+    """raptr width stages: output scale of the kept heads and units, "none" | "inverse_fraction" (n / kept)."""
     skipped_grad: str = "none"
     """"none": skipped layers get grad None, so AdamW skips them (no moment update, no decay) | "zero"."""
     full_warmup_steps: int = 0
@@ -74,9 +81,11 @@ class ScheduleConfig:
         """Fixed layers normalised to sorted 0-based indices (out-of-range ones dropped; see problems)."""
         return method_class(self.method)(self, n_layers).fixed
 
-    def problems(self, n_layers: int, total_steps: int, tokens_per_step: int) -> tuple[list[str], list[str]]:
+    def problems(self, n_layers: int, total_steps: int, tokens_per_step: int,
+                 widths: tuple[int, int] | None = None) -> tuple[list[str], list[str]]:
         """(errors, warnings); each message starts with the dotted key, e.g.
-        'schedule.stages[2].path_length = 14 exceeds model.n_layers = 12'."""
+        'schedule.stages[2].path_length = 14 exceeds model.n_layers = 12'. `widths` = the model's
+        (num_heads, intermediate_size), for the whole-number checks of width fractions."""
         if self.method not in METHODS:
             return [f"schedule.method = {self.method!r} is not one of {', '.join(METHODS)}"], []
-        return method_class(self.method)(self, n_layers).problems(total_steps, tokens_per_step)
+        return method_class(self.method)(self, n_layers, widths).problems(total_steps, tokens_per_step)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 LENGTH_KEYS = ("steps", "fraction", "tokens")
 SIZE_KEYS = ("path_length", "keep_prob", "depth")
+WIDTH_KEYS = ("heads_fraction", "mlp_fraction")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,15 @@ class Stage:
     """p_s of each non-fixed layer (1.0 = full; pld: mean over free layers and steps)."""
     depth: int
     """Model depth in this stage (stacking grows it; otherwise n_layers)."""
+    heads_fraction: float = 1.0
+    """Share of its attention heads each active block computes (exact: a fixed count per block)."""
+    mlp_fraction: float = 1.0
+    """Share of its MLP intermediate units each active block computes (exact)."""
+
+    @property
+    def narrow(self) -> bool:
+        """Whether the stage drops heads or MLP units."""
+        return self.heads_fraction < 1.0 or self.mlp_fraction < 1.0
 
     @property
     def steps(self) -> int:

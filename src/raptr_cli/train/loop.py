@@ -110,7 +110,8 @@ class Trainer:
         with accelerator.main_process_first():  # rank 0 fills the tokenizer/block caches, the others read them
             self.data: RunData = prepare_data(recipe, out if accelerator.is_main_process else None, tok_file)
         self.cfg = resolve_model_config(recipe, vocab_size=self.data.vocab_size)
-        self.plan: Plan = build_plan(recipe.schedule, self.cfg.num_layers, t.steps, recipe.tokens_per_step, recipe.run.seed)
+        self.plan: Plan = build_plan(recipe.schedule, self.cfg.num_layers, t.steps, recipe.tokens_per_step, recipe.run.seed,
+                                     (self.cfg.num_heads, self.cfg.intermediate_size))
         self.dims = model_dims(self.cfg, t.seq_len)
         sp = self.data.specials
         self.objective = objective_for(recipe, sp, self.data.vocab_size)

@@ -9,14 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from ..rng import step_generator
-from ..stages import SIZE_KEYS, Stage, one_key, stage_bounds
+from ..rng import sample_parts, step_generator, stream
+from ..stages import SIZE_KEYS, WIDTH_KEYS, Stage, one_key, stage_bounds
 
 if TYPE_CHECKING:
     from ..config import ScheduleConfig, StageConfig
     from ..plan import Plan
 
 _CHOICES = {"sampler": ("subset", "bernoulli"), "scale": ("none", "inverse_p", "sqrt_inverse_p"),
+            "width_scale": ("none", "inverse_fraction"),
             "skipped_grad": ("none", "zero"), "stack_optimizer_state": ("fresh", "copy")}
 
 
@@ -33,6 +34,8 @@ class Checks:
     """`schedule.full_warmup_steps` or `schedule.full_warmup_fraction`, whichever the section gives."""
     warmup_given: str
     """That key's value as given, for messages."""
+    widths: tuple[int, int] | None = None
+    """The model's (num_heads, intermediate_size) when known: width fractions must give whole counts."""
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -58,9 +61,11 @@ class Method:
     """The model's depth changes during the run: no FSDP, and a checkpoint may be shallower."""
     full_model: ClassVar[bool] = False
     """Every step trains the whole model: `compare`'s reference."""
+    takes_width: ClassVar[bool] = False
+    """Its stages may drop attention heads and MLP units (heads_fraction, mlp_fraction)."""
 
-    def __init__(self, cfg: ScheduleConfig, n_layers: int):
-        self.cfg, self.n_layers = cfg, n_layers
+    def __init__(self, cfg: ScheduleConfig, n_layers: int, widths: tuple[int, int] | None = None):
+        self.cfg, self.n_layers, self.widths = cfg, n_layers, widths
 
     @classmethod
     def warmup_steps(cls, cfg: ScheduleConfig, total_steps: int) -> int:
@@ -83,7 +88,7 @@ class Method:
         f, w = cfg.full_warmup_fraction, cfg.full_warmup_for(total_steps)
         c = Checks(self.n_layers, total_steps, tokens_per_step, w,
                    "schedule.full_warmup_steps" if f is None else "schedule.full_warmup_fraction",
-                   str(cfg.full_warmup_steps if f is None else f))
+                   str(cfg.full_warmup_steps if f is None else f), self.widths)
         for key, allowed in _CHOICES.items():
             if getattr(cfg, key) not in allowed:
                 c.error(f"schedule.{key} = {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
@@ -139,10 +144,31 @@ class Method:
         sizes = [self.stage_size(s, i, c) for i, s in enumerate(cfg.stages)]
         if None not in sizes and sizes:
             self.check_sizes(sizes, c)
+        for i, s in enumerate(cfg.stages):
+            self.check_width(s, i, c)
+
+    def check_width(self, s: StageConfig, i: int, c: Checks) -> None:
+        """heads_fraction and mlp_fraction: only where the method takes them, in (0, 1], and (with the
+        model's widths known) a whole number of heads and units."""
+        names = ("model.num_heads", "model.intermediate_size")
+        for j, k in enumerate(WIDTH_KEYS):
+            v, key = getattr(s, k), f"schedule.stages[{i}].{k}"
+            if v is None:
+                continue
+            if not self.takes_width:
+                c.error(f"{key} is not for method {self.cfg.method!r}: width fractions are for method 'raptr'")
+            elif not 0 < v <= 1:
+                c.error(f"{key} = {v} must be in (0, 1]")
+            elif c.widths is not None and abs(v * c.widths[j] - round(v * c.widths[j])) > 1e-9:
+                c.error(f"{key} = {v} gives {v * c.widths[j]:g} of {names[j]} = {c.widths[j]}, not a whole "
+                        f"number; give a multiple of 1/{c.widths[j]}")
 
     def stage_size(self, s: StageConfig, i: int, c: Checks) -> float | None:
         """A stage's layer count (expected path length, or depth), or None after reporting it invalid."""
         key, L, n_fixed = f"schedule.stages[{i}]", self.n_layers, len(self.fixed)
+        if self.takes_width and all(getattr(s, k) is None for k in SIZE_KEYS) and any(
+                getattr(s, k) is not None for k in WIDTH_KEYS):
+            return float(L)  # a width-only stage: every layer runs
         if (k := one_key(s, SIZE_KEYS, key, "size", c.error)) is None:
             return None
         if k not in self.size_keys:
@@ -170,7 +196,8 @@ class Method:
 
     # --- resolution ------------------------------------------------------------------------------
     def resolve(self, plan: Plan, warmup: int, total_steps: int, tokens_per_step: int) -> list[tuple]:
-        """The stages after the warm-up as (end, expected layers, keep prob, depth) rows; may set the
+        """The stages after the warm-up as (end, expected layers, keep prob, depth[, heads_fraction,
+        mlp_fraction]) rows; may set the
         plan's own resolved values (pld's gamma). The base: one full-model stage to the end."""
         return [(total_steps, self.n_layers, 1.0, self.n_layers)]
 
@@ -192,6 +219,20 @@ class Method:
             return [1.0] * len(layers)
         probs, power = self.keep_probs(plan, step), 1.0 if mode == "inverse_p" else 0.5
         return [1.0 / probs[i] ** power if probs[i] > 0 else 1.0 for i in layers]
+
+    def parts(self, plan: Plan, step: int, layers: list[int]) -> tuple[tuple | None, tuple | None]:
+        """(heads, units) of the listed blocks at `step`, one ascending tuple per block, each None when
+        the stage keeps all of them. Block b's draw is a pure function of (seed, step, b) (its own
+        stream per axis), so ranks agree and a block's parts do not depend on the path."""
+        st = plan.stage_at(step)
+        out = []
+        for tag, n, frac in (("heads", plan.n_heads, st.heads_fraction), ("units", plan.n_units, st.mlp_fraction)):
+            if frac >= 1.0:
+                out.append(None)
+                continue
+            k = int(round(frac * n))
+            out.append(tuple(sample_parts(n, k, stream(plan.seed, step, tag, b)) for b in layers))
+        return out[0], out[1]
 
     def expected_active(self, plan: Plan, step: int) -> float:
         return float(plan.stage_at(step).path_length)

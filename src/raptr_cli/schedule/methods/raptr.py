@@ -1,6 +1,16 @@
 """raptr (Panigrahi et al. 2024): random paths whose length grows stage by stage; fixed layers always
 run, the others are a uniform subset of the stage's size (sampler "subset") or each on with the
-stage's keep probability ("bernoulli")."""
+stage's keep probability ("bernoulli").
+
+Random Part Training (the paper's second version) adds width: a stage's heads_fraction and
+mlp_fraction keep, per step and per active block, a uniform subset of its attention heads and MLP
+intermediate units (drawn per (seed, step, block)); a stage with only width keys runs every layer.
+The dropped parts are not computed (the models slice the weights). Optimizer semantics: a dropped
+slice gets no update at all - its weights and AdamW moments (exp_avg, exp_avg_sq) are restored
+around the step (train/width.py), so neither the moments' decay nor weight decay touches it; AdamW's
+per-parameter step count (its bias correction) still advances, as for the kept slices of the same
+tensor. Width lives in this method rather than a method of its own because a stage is one
+subnetwork: depth and width are two axes of the same draw, validated, resolved and costed together."""
 
 from __future__ import annotations
 
@@ -18,6 +28,7 @@ if TYPE_CHECKING:
 class RaPTr(Method):
     size_keys = ("path_length", "keep_prob")
     default_fixed = (0, -1)  # the paper's first and last layer
+    takes_width = True
 
     def check(self, c: Checks) -> None:
         self.check_fixed(c)
@@ -40,9 +51,12 @@ class RaPTr(Method):
         ends, _, _ = stage_bounds(cfg.stages, total_steps, tokens_per_step, total_steps - warmup)
         rows = []
         for s, end in zip(cfg.stages, ends):
-            p = s.keep_prob if s.keep_prob is not None else ((s.path_length - len(fixed)) / n_free if n_free else 1.0)
-            k = s.path_length if s.path_length is not None else len(fixed) + p * n_free
-            rows.append((warmup + end, round(k) if cfg.sampler == "subset" else k, p, L))
+            path = L if s.path_length is None and s.keep_prob is None else s.path_length  # width only: all layers
+            p = s.keep_prob if s.keep_prob is not None else ((path - len(fixed)) / n_free if n_free else 1.0)
+            k = path if path is not None else len(fixed) + p * n_free
+            width = (1.0 if s.heads_fraction is None else s.heads_fraction,
+                     1.0 if s.mlp_fraction is None else s.mlp_fraction)
+            rows.append((warmup + end, round(k) if cfg.sampler == "subset" else k, p, L, *width))
         return rows
 
     def active_layers(self, plan: Plan, step: int) -> list[int]:

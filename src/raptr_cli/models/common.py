@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from raptr_cli.errors import UserError
@@ -137,3 +138,66 @@ def gather_labelled(x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor |
     if index is None:
         index = labelled_index(labels)
     return x.reshape(-1, x.shape[-1]).index_select(0, index), labels.reshape(-1).index_select(0, index)
+
+
+Width = tuple  # (rows, units, attn_scale, mlp_scale), see block_widths
+"""One block's width subnetwork as tensors: rows (the hidden dims of its kept heads, for q/k/v rows
+and o-proj columns) or None = all heads; units (kept MLP intermediate units) or None = all; the 0-d
+scales of the kept heads' and units' output (None = 1)."""
+
+
+def block_widths(subnet: Subnet | None, order: Sequence[int], num_heads: int, n_units: int,
+                 like: torch.Tensor) -> list[Width | None]:
+    """Per block of `order` (resolve_path's run order): its `Width`, or None when it computes every
+    head and unit. Index tensors are built on the host and moved (non-blocking) to `like`'s device."""
+    if subnet is None or not subnet.narrow:
+        return [None] * len(order)
+    for name, parts in (("heads", subnet.heads), ("units", subnet.units)):
+        if parts is not None and len(parts) != len(order):
+            raise ValueError(f"subnet.{name} has {len(parts)} entries for {len(order)} blocks that run")
+    # entry j of heads / units belongs to the j-th block the subnet lists (the run order may sort it)
+    pos = {i: j for j, i in enumerate(order if subnet.layers is None else subnet.layers)}
+    if any(i not in pos for i in order):
+        raise ValueError("a subnet with heads or units lists its layers as 0-based indices")
+    hs = like.shape[-1] // num_heads
+    out = []
+    for i in order:
+        j = pos[i]
+        heads = None if subnet.heads is None else subnet.heads[j]
+        units = None if subnet.units is None else subnet.units[j]
+        rows = None if heads is None else _index([h * hs + i for h in heads for i in range(hs)], like)
+        cols = None if units is None else _index(units, like)
+        inverse = subnet.width_scale == "inverse_fraction"
+        a = _scale(num_heads / len(heads), like) if inverse and heads is not None else None
+        m = _scale(n_units / len(units), like) if inverse and units is not None else None
+        out.append((rows, cols, a, m))
+    return out
+
+
+def _index(ix, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(ix, dtype=torch.long).to(like.device, non_blocking=True)
+
+
+def _scale(v: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(v, dtype=like.dtype, device=like.device)
+
+
+def rows_linear(lin: nn.Linear, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """lin(x) computing only the output features `rows` (None = all): a smaller matmul with the
+    gathered weight rows and bias entries, so the dropped features cost nothing (their gradient
+    is zero through the gather)."""
+    if rows is None:
+        return lin(x)
+    bias = None if lin.bias is None else lin.bias.index_select(0, rows)
+    return F.linear(x, lin.weight.index_select(0, rows), bias)
+
+
+def cols_linear(lin: nn.Linear, x: torch.Tensor, cols: torch.Tensor | None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+    """lin applied to the input features `cols` only (x holds just those; None = all), with the
+    gathered weight columns; `scale` multiplies x first (inverse_fraction), never the bias."""
+    if scale is not None:
+        x = x * scale
+    if cols is None:
+        return lin(x)
+    return F.linear(x, lin.weight.index_select(1, cols), lin.bias)

@@ -7,7 +7,8 @@ and gives the same logits. Two deliberate additions:
 
 - `forward(subnet=...)` (or its two fields as `layers=`, `scales=`): the one hook progressive
   training needs. Blocks not listed are not executed at all (identity through the residual); that
-  is where the compute saving comes from.
+  is where the compute saving comes from. A subnet's heads and units (Random Part Training) run
+  on gathered weight rows and columns: the dropped heads and MLP units are not computed either.
 - `norm="pre"`: pre-LN variant with no HF equivalent. It reuses the post-LN parameter names
   (`attention.output.LayerNorm` normalises the attention input, `output.LayerNorm` the MLP
   input) and adds `bert.encoder.final_layer_norm` after the last block. Such a checkpoint loads
@@ -28,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raptr_cli.models.bert.config import BertConfig
-from raptr_cli.models.common import branch_scale, gather_labelled, resolve_path
+from raptr_cli.models.common import (Width, block_widths, branch_scale, cols_linear, gather_labelled, resolve_path,
+                                     rows_linear)
 from raptr_cli.subnet import Subnet
 
 
@@ -75,16 +77,19 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(d, d)
         self.dropout_p = config.attention_dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d_kept): `rows` (the hidden dims of the kept heads; None = all) selects
+        the q/k/v rows that are computed, so attention runs over the kept heads only."""
         B, T, d = x.shape
-        nh = self.num_heads
-        # (B, T, d) -> (B, nh, T, hs)
-        q, k, v = (lin(x).view(B, T, nh, d // nh).transpose(1, 2)
+        hs = d // self.num_heads
+        nh = self.num_heads if rows is None else rows.numel() // hs
+        # (B, T, d_kept) -> (B, nh, T, hs)
+        q, k, v = (rows_linear(lin, x, rows).view(B, T, nh, hs).transpose(1, 2)
                    for lin in (self.query, self.key, self.value))
         # SDPA scales by 1/sqrt(hs), as BERT does.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
-        return y.transpose(1, 2).reshape(B, T, d)  # (B, T, d)
+        return y.transpose(1, 2).reshape(B, T, nh * hs)
 
 
 class _DenseNorm(nn.Module):
@@ -114,8 +119,8 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(x))  # exact (erf) GELU, HF's "gelu"
+    def forward(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        return F.gelu(rows_linear(self.dense, x, units))  # exact (erf) GELU, HF's "gelu"
 
 
 class BertLayer(nn.Module):
@@ -129,25 +134,43 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = _DenseNorm(config.intermediate_size, config)
 
+    def width_parts(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Parameter]]]:
+        """The parameters a width subnetwork slices, per axis: (sliced by rows, sliced by columns).
+        heads: q/k/v weight rows and biases, the attention output's weight columns; units: the
+        intermediate weight rows and bias, the MLP output's weight columns (train/width.py)."""
+        sa = self.attention.self
+        return {"heads": ([sa.query.weight, sa.query.bias, sa.key.weight, sa.key.bias, sa.value.weight,
+                           sa.value.bias], [self.attention.output.dense.weight]),
+                "units": ([self.intermediate.dense.weight, self.intermediate.dense.bias], [self.output.dense.weight])}
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
+                scale: torch.Tensor | None = None, width: Width | None = None) -> torch.Tensor:
         """`scale` (a 0-d tensor, so a compiled block does not recompile per value; None = 1): the
         training-time 1/p of stochastic depth, PLD and RaPTr's inverse_p. Pre-LN scales each residual
         branch, x + s Attn(LN(x)) then h + s MLP(LN(h)), as PLD publishes it (Zhang & He 2020);
         post-LN has no residual branch outside its LayerNorm, so there the whole block update is
-        scaled: x + s (block(x) - x)."""
+        scaled: x + s (block(x) - x). `width` (models.common.block_widths; None = the whole block):
+        only the kept heads and MLP units are computed."""
         att, mlp = self.attention.output, self.output
+        rows, units, a_s, m_s = width or (None, None, None, None)
+
+        def attn(h):
+            return att.dropout(cols_linear(att.dense, self.attention.self(h, mask, rows), rows, a_s))
+
+        def ffn(h):
+            return mlp.dropout(cols_linear(mlp.dense, self.intermediate(h, units), units, m_s))
+
         if self.pre_norm:
             branch = (lambda f: f) if scale is None else (lambda f: scale * f)
             add = ((lambda x, f: x + branch(f)) if self.residual
                    else (lambda x, f: branch(f)))  # residual=False: f(x) replaces x
             # x + Attn(LN(x)), then h + MLP(LN(h))
-            x = add(x, att.dropout(att.dense(self.attention.self(att.LayerNorm(x), mask))))
-            return add(x, mlp.dropout(mlp.dense(self.intermediate(mlp.LayerNorm(x)))))
+            x = add(x, attn(att.LayerNorm(x)))
+            return add(x, ffn(mlp.LayerNorm(x)))
         add = torch.add if self.residual else (lambda x, f: f)
         # Post-LN (original BERT): LN(x + Attn(x)), then LN(h + MLP(h))
-        h = att.LayerNorm(add(x, att.dropout(att.dense(self.attention.self(x, mask)))))
-        out = mlp.LayerNorm(add(h, mlp.dropout(mlp.dense(self.intermediate(h)))))
+        h = att.LayerNorm(add(x, attn(x)))
+        out = mlp.LayerNorm(add(h, ffn(h)))
         return out if scale is None else torch.lerp(x, out, scale)
 
 
@@ -159,10 +182,10 @@ class BertEncoder(nn.Module):
         self.final_layer_norm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
                                  if config.norm == "pre" else None)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                layers: Sequence[int], scales: Sequence[float] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, layers: Sequence[int],
+                scales: Sequence[float] | None, widths: Sequence[Width | None] | None = None) -> torch.Tensor:
         for j, i in enumerate(layers):
-            x = self.layer[i](x, mask, branch_scale(scales, j, x))
+            x = self.layer[i](x, mask, branch_scale(scales, j, x), None if widths is None else widths[j])
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         return x
@@ -190,7 +213,9 @@ class BertModel(nn.Module):
             keep = attention_mask[:, None, None, :].to(torch.bool)
             mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
             mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)
-        return self.encoder(x, mask, order, scales)  # (B, T, d)
+        c = self.encoder.layer[0].attention.self
+        widths = block_widths(subnet, order, c.num_heads, self.encoder.layer[0].intermediate.dense.out_features, x)
+        return self.encoder(x, mask, order, scales, widths)  # (B, T, d)
 
 
 class BertPredictionHeadTransform(nn.Module):

@@ -11,7 +11,8 @@ for fully causal input, gives the same logits. The differences from Llama:
 - labels are already aligned (label[t] is what position t predicts; the UL2 objective builds
   them), so the model does no shifting, and the head runs only on labelled positions;
 - `forward(subnet=...)` (or its fields as `layers=`, `scales=`): the progressive-training hook.
-  Blocks not listed are not executed at all.
+  Blocks not listed are not executed at all, nor are a subnet's dropped heads and MLP units (the
+  q/k/v rows, o-proj columns, gate/up rows and down columns of the kept ones are gathered).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raptr_cli.models.common import branch_scale, gather_labelled, resolve_path
+from raptr_cli.models.common import (Width, block_widths, branch_scale, cols_linear, gather_labelled, resolve_path,
+                                     rows_linear)
 from raptr_cli.models.ul2.config import DecoderConfig
 from raptr_cli.subnet import Subnet
 
@@ -96,11 +98,14 @@ class Attention(nn.Module):
         self.dropout_p = config.dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | None, rows: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`rows`: the hidden dims of the kept heads (None = all), `scale` their output's factor."""
         B, T, d = x.shape
-        nh = self.num_heads
-        # (B, T, d) -> (B, nh, T, hs)
-        q, k, v = (lin(x).view(B, T, nh, d // nh).transpose(1, 2)
+        hs = d // self.num_heads
+        nh = self.num_heads if rows is None else rows.numel() // hs
+        # (B, T, d_kept) -> (B, nh, T, hs)
+        q, k, v = (rows_linear(lin, x, rows).view(B, T, nh, hs).transpose(1, 2)
                    for lin in (self.q_proj, self.k_proj, self.v_proj))
         q = q * cos + _rotate_half(q) * sin  # cos, sin (T, hs) broadcast over (B, nh)
         k = k * cos + _rotate_half(k) * sin
@@ -108,7 +113,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None,
             dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, T, hs)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, d))
+        return cols_linear(self.o_proj, y.transpose(1, 2).reshape(B, T, nh * hs), rows, scale)
 
 
 class MLP(nn.Module):
@@ -121,8 +126,11 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(d, ff, bias=False)
         self.down_proj = nn.Linear(ff, d, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, units: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`units`: the kept intermediate units (None = all), `scale` their output's factor."""
+        h = F.silu(rows_linear(self.gate_proj, x, units)) * rows_linear(self.up_proj, x, units)
+        return cols_linear(self.down_proj, h, units, scale)
 
 
 class DecoderLayer(nn.Module):
@@ -136,13 +144,22 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
+    def width_parts(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Parameter]]]:
+        """The parameters a width subnetwork slices, per axis: (sliced by rows, sliced by columns)."""
+        a, m = self.self_attn, self.mlp
+        return {"heads": ([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], [a.o_proj.weight]),
+                "units": ([m.gate_proj.weight, m.up_proj.weight], [m.down_proj.weight])}
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, scale: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None, scale: torch.Tensor | None = None,
+                width: Width | None = None) -> torch.Tensor:
         """`scale` (0-d tensor or None = 1; training-time 1/p): each residual branch is scaled,
-        x + s Attn(N(x)), then h + s MLP(N(h)), as PLD (Zhang & He 2020) scales a pre-norm block."""
-        a = self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask))
+        x + s Attn(N(x)), then h + s MLP(N(h)), as PLD (Zhang & He 2020) scales a pre-norm block.
+        `width` (models.common.block_widths; None = whole block): only kept heads and units run."""
+        rows, units, a_s, m_s = width or (None, None, None, None)
+        a = self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, rows, a_s))
         x = x + (a if scale is None else scale * a)
-        m = self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        m = self.dropout(self.mlp(self.post_attention_layernorm(x), units, m_s))
         return x + (m if scale is None else scale * m)
 
 
@@ -213,8 +230,9 @@ class DecoderForPrefixLM(nn.Module):
         cos, sin = rotary_cos_sin(T, self.config.hidden_size // self.config.num_heads,
                                   self.config.rope_theta, x.device, x.dtype)
         mask = None if prefix_len is None else prefix_lm_mask(prefix_len.to(x.device), T)
+        widths = block_widths(subnet, order, self.config.num_heads, self.config.intermediate_size, x)
         for j, i in enumerate(order):
-            x = self.blocks[i](x, cos, sin, mask, branch_scale(scales, j, x))
+            x = self.blocks[i](x, cos, sin, mask, branch_scale(scales, j, x), widths[j])
         return self.model.norm(x)
 
     def forward(

@@ -35,13 +35,17 @@ class Dims:
     """BERT's MLM head has a d x d dense transform before the decoder."""
 
 
-def layer_flops_per_token(d: Dims) -> float:
+def layer_flops_per_token(d: Dims, heads_fraction: float = 1.0, mlp_fraction: float = 1.0) -> float:
     """Forward FLOPs of one block per token:
     8 h^2 (q, k, v, o projections: 4 h x h matmuls at 2 FLOPs/MAC)
     + 4 n h (scores QK^T and the weighted sum AV: 2 matmuls of n x h per token row)
-    + 2 * ffn_matrices * h * d_ff (the MLP)."""
+    + 2 * ffn_matrices * h * d_ff (the MLP).
+    A width subnetwork computes only its kept heads and units: with a = heads_fraction * h and
+    f = mlp_fraction * d_ff, 8 h a + 4 n a + 2 * ffn_matrices * h * f (what runs, nothing masked)."""
     h = d.hidden
-    return 8 * h * h + 4 * d.seq_len * h + 2 * d.ffn_matrices * h * d.ffn
+    a = h if heads_fraction == 1 else h * heads_fraction  # ints stay ints for the full block
+    f = d.ffn if mlp_fraction == 1 else d.ffn * mlp_fraction
+    return 8 * h * a + 4 * d.seq_len * a + 2 * d.ffn_matrices * h * f
 
 
 def head_flops_per_token(d: Dims) -> float:
@@ -58,15 +62,19 @@ def train_flops_per_token(d: Dims, active_layers: float, head_fraction: float) -
     return 3 * (active_layers * layer_flops_per_token(d) + head_fraction * head_flops_per_token(d))
 
 
-def step_flops(d: Dims, n_active: int, n_tokens: int, n_head_tokens: int) -> float:
-    """Training FLOPs of one optimizer step that ran `n_active` blocks over `n_tokens` tokens and
-    the head over `n_head_tokens` positions (the exact masked count for MLM). For metrics.jsonl."""
-    return 3 * (n_active * layer_flops_per_token(d) * n_tokens + head_flops_per_token(d) * n_head_tokens)
+def step_flops(d: Dims, n_active: int, n_tokens: int, n_head_tokens: int,
+               heads_fraction: float = 1.0, mlp_fraction: float = 1.0) -> float:
+    """Training FLOPs of one optimizer step that ran `n_active` blocks (each at the stage's head and
+    MLP fractions) over `n_tokens` tokens and the head over `n_head_tokens` positions (the exact
+    masked count for MLM). For metrics.jsonl, and so for tflops_per_s and MFU: active FLOPs."""
+    layer = layer_flops_per_token(d, heads_fraction, mlp_fraction)
+    return 3 * (n_active * layer * n_tokens + head_flops_per_token(d) * n_head_tokens)
 
 
 def plan_flops(plan: Plan, d: Dims, tokens_per_step: int, head_fraction: float) -> dict:
     """Per-stage and total training FLOPs of a plan against the full-model baseline (same tokens).
 
+    Width stages count each active block at their head and MLP fractions (exact counts).
     Random methods use the *expected* active-layer count (rows say `"expected": true`); pld's
     expectation changes every step and is summed in closed form over numpy. Stacking stages use
     their depth. Returns {"flops_per_token_full", "stages": [{index, steps, tokens, path_length |
@@ -81,7 +89,7 @@ def plan_flops(plan: Plan, d: Dims, tokens_per_step: int, head_fraction: float) 
         tokens = st.steps * tokens_per_step
         # sum over the stage's steps of (expected) active layers, times tokens per step
         layer_tokens = plan.expected_layer_steps(st) * tokens_per_step
-        flops_layers = 3 * layer * layer_tokens
+        flops_layers = 3 * layer_flops_per_token(d, st.heads_fraction, st.mlp_fraction) * layer_tokens
         flops = flops_layers + 3 * head_fraction * head * tokens
         rows.append({"index": st.index, "steps": st.steps, "tokens": tokens, size: getattr(st, size),
                      "expected": plan.is_random(st), "flops": flops, "flops_layers": flops_layers})

@@ -32,6 +32,7 @@ from .prefetch import Prefetcher
 from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
 from .stopping import StopSignals
 from .step import evaluate, forward_backward, step_seed, sync_gradients, train_batch
+from .width import masked_update
 
 
 
@@ -112,6 +113,9 @@ class Trainer:
         self.cfg = resolve_model_config(recipe, vocab_size=self.data.vocab_size)
         self.plan: Plan = build_plan(recipe.schedule, self.cfg.num_layers, t.steps, recipe.tokens_per_step, recipe.run.seed,
                                      (self.cfg.num_heads, self.cfg.intermediate_size))
+        if self.sharded and self.plan.narrow:
+            raise UserError("schedule.stages: heads_fraction / mlp_fraction cannot run sharded (FSDP): the masked "
+                            "update restores slices of whole parameters", hint="Launch with --multi_gpu instead.")
         self.dims = model_dims(self.cfg, t.seq_len)
         sp = self.data.specials
         self.objective = objective_for(recipe, sp, self.data.vocab_size)
@@ -344,14 +348,16 @@ class Trainer:
             window_data += dt_data
             self.state["data_s"] = self.state.get("data_s", 0.0) + dt_data
             torch.manual_seed(step_seed(r.run.seed, step, 1 + self.rank))  # dropout: pure function of step
-            loss = forward_backward(self.model, batch, n_global, micro, run_layers, scales, self.precision)
+            loss = forward_backward(self.model, batch, n_global, micro, run_layers, scales, self.precision,
+                                    subnet if subnet.narrow else None)
             if not self.sharded:  # FSDP reduce-scatters in backward
                 sync_gradients(params)
             vote = self.stop.vote()  # before the optimizer step: see stopping.py
-            grad_norm, lr = self._apply(step, params, loss)
+            with masked_update(self.opt, self.model, subnet):  # dropped heads/units: untouched (width.py)
+                grad_norm, lr = self._apply(step, params, loss)
             self.step = step + 1
             self.state["tokens"] += B * t.seq_len
-            flops = F.step_flops(self.dims, len(layers), B * t.seq_len, n_global)
+            flops = F.step_flops(self.dims, len(layers), B * t.seq_len, n_global, stage.heads_fraction, stage.mlp_fraction)
             self.state["flops"] += flops
             window_tokens += B * t.seq_len
             window_flops += flops

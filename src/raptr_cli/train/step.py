@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..models.common import labelled_index
+from ..subnet import Subnet
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -50,8 +51,11 @@ def _rows(batch: dict, lo: int, hi: int, device: torch.device) -> dict:
 
 
 def forward_backward(model, batch: dict, n_global: int, micro: int,
-                     layers: list[int] | None, scales: list[float] | None, precision: str) -> torch.Tensor:
+                     layers: list[int] | None, scales: list[float] | None, precision: str,
+                     subnet: Subnet | None = None) -> torch.Tensor:
     """Forward+backward over this rank's rows of `batch` in micro-batches; returns the summed loss share.
+    `subnet`: the step's whole Subnet when it drops heads or units (its layers and scales are then the
+    `layers` and `scales` given); None runs `layers` at `scales`.
 
     Each micro-batch's mean loss is weighted by its share of the *global* predicted positions, so the
     accumulated gradient is the mean over every prediction of the optimizer step, independent of
@@ -67,7 +71,8 @@ def forward_backward(model, batch: dict, n_global: int, micro: int,
         # a micro-batch without targets still runs (its loss is 0 x graph): every rank must end with
         # gradients for the same parameters, or the flat all-reduce would not line up across ranks
         with autocast(device, precision):
-            out = model(**mb, layers=layers, scales=scales, label_index=index.to(device, non_blocking=True))
+            path = {"subnet": subnet} if subnet is not None else {"layers": layers, "scales": scales}
+            out = model(**mb, **path, label_index=index.to(device, non_blocking=True))
         loss = out.loss.float() * (n / n_global)
         loss.backward()
         total += loss.detach()

@@ -134,14 +134,17 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = _DenseNorm(config.intermediate_size, config)
 
-    def width_parts(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Parameter]]]:
-        """The parameters a width subnetwork slices, per axis: (sliced by rows, sliced by columns).
-        heads: q/k/v weight rows and biases, the attention output's weight columns; units: the
-        intermediate weight rows and bias, the MLP output's weight columns (train/width.py)."""
+    def width_parts(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Parameter], int]]:
+        """The parameters a width subnetwork slices, per axis: (sliced by rows, sliced by columns,
+        rows per part). heads: q/k/v weight rows and biases, the attention output's weight columns,
+        head_size rows a head; units: the intermediate weight rows and bias, the MLP output's weight
+        columns, one a unit (train/width.py)."""
         sa = self.attention.self
         return {"heads": ([sa.query.weight, sa.query.bias, sa.key.weight, sa.key.bias, sa.value.weight,
-                           sa.value.bias], [self.attention.output.dense.weight]),
-                "units": ([self.intermediate.dense.weight, self.intermediate.dense.bias], [self.output.dense.weight])}
+                           sa.value.bias], [self.attention.output.dense.weight],
+                          sa.query.out_features // sa.num_heads),
+                "units": ([self.intermediate.dense.weight, self.intermediate.dense.bias],
+                          [self.output.dense.weight], 1)}
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None, width: Width | None = None) -> torch.Tensor:

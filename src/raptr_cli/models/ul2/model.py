@@ -144,11 +144,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def width_parts(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Parameter]]]:
-        """The parameters a width subnetwork slices, per axis: (sliced by rows, sliced by columns)."""
+    def width_parts(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Parameter], int]]:
+        """The parameters a width subnetwork slices, per axis: (sliced by rows, sliced by columns,
+        rows per part), as `BertLayer.width_parts`."""
         a, m = self.self_attn, self.mlp
-        return {"heads": ([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], [a.o_proj.weight]),
-                "units": ([m.gate_proj.weight, m.up_proj.weight], [m.down_proj.weight])}
+        return {"heads": ([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], [a.o_proj.weight],
+                          a.q_proj.out_features // a.num_heads),
+                "units": ([m.gate_proj.weight, m.up_proj.weight], [m.down_proj.weight], 1)}
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None, scale: torch.Tensor | None = None,

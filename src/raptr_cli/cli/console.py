@@ -84,16 +84,20 @@ class Console:
         if resumed_at is not None:
             title += f", resumed at step {resumed_at}"
         size = size_key(p["method"])
+        narrow = any("heads_fraction" in s for s in p["stages"])  # width stages: show both axes
         table = Table(title=title, title_justify="left")
-        for col in ("stage", "steps", "tokens", size, "keep p", "FLOPs", "share"):
+        width_cols = ("heads", "mlp units") if narrow else ()
+        for col in ("stage", "steps", "tokens", size, "keep p", *width_cols, "FLOPs", "share"):
             table.add_column(col, justify="right")
         for s in p["stages"]:
             k = s[size]
             ks = f"{k:.2f}" if isinstance(k, float) and not float(k).is_integer() else f"{int(k)}"
             if s.get("expected"):
                 ks += " (exp.)"
+            width = (_part(s["heads_fraction"], m["num_heads"]), _part(s["mlp_fraction"], m["intermediate_size"])) \
+                if narrow else ()
             table.add_row(str(s["index"]), f"{s['start']}-{s['end']}", si(s["tokens"]), ks,
-                          f"{s['keep_prob']:.3f}", si(s["flops"]), f"{100 * s['share']:.1f}%")
+                          f"{s['keep_prob']:.3f}", *width, si(s["flops"]), f"{100 * s['share']:.1f}%")
         self.out.print(table)
         mem = p["memory"]
         self.out.print(
@@ -194,3 +198,8 @@ class Console:
 
         if (w := floor_warning(row)) is not None:
             self.warn(w)
+
+
+def _part(fraction: float, n: int) -> str:
+    """A width stage's cell: kept of all, and the fraction ("2/4 (0.50)")."""
+    return f"{int(round(fraction * n))}/{n} ({fraction:.2f})"

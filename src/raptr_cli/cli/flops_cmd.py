@@ -96,6 +96,7 @@ def _contract(p: dict) -> dict:
         "params": p["params"], "params_non_embedding": p["params_non_embedding"],
         "flops_per_token_full": p["flops_per_token_full"],
         "stages": [{"index": s["index"], "steps": s["steps"], size: s[size], "expected": s["expected"],
+                    **{k: s[k] for k in ("heads_fraction", "mlp_fraction") if k in s},
                     "tokens": s["tokens"], "flops": s["flops"], "share": s["share"]} for s in p["stages"]],
         "total_flops": p["total_flops"], "baseline_flops": p["baseline_flops"],
         "ratio": p["ratio"], "speedup": p["speedup"],

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: import siblings
 
-BENCHES = ["path_ratio", "vs_hf", "misc", "token_store"]  # module names in bench/, run in this order
+BENCHES = ["path_ratio", "width_ratio", "vs_hf", "misc", "token_store"]  # module names in bench/, run in this order
 
 
 def main(argv: list[str] | None = None) -> int:

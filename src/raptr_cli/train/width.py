@@ -37,11 +37,11 @@ def dropped_slices(model, subnet: Subnet) -> list[tuple[torch.nn.Parameter, int,
                 continue
             rows, cols, per = parts[axis]
             n = cols[0].shape[1]  # the output projection's input width: hidden size or d_ff
-            keep = {u for k in kept[j] for u in range(k * per, (k + 1) * per)}
-            drop = [u for u in range(n) if u not in keep]
-            if not drop:
+            dropped = torch.ones(n // per, dtype=torch.bool)
+            dropped[list(kept[j])] = False
+            if not dropped.any():
                 continue
-            idx = torch.tensor(drop, dtype=torch.long, device=cols[0].device)
+            idx = dropped.repeat_interleave(per).nonzero().squeeze(1).to(cols[0].device, non_blocking=True)
             out += [(p, 0, idx) for p in rows] + [(p, 1, idx) for p in cols]
     return out
 

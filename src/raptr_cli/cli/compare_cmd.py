@@ -146,7 +146,7 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
     from ..errors import UserError
     from ..planning import describe_run
     from ..recipe import load_recipe
-    from .pretrain_cmd import pretrain
+    from .pretrain_cmd import run_console, train_and_report
 
     loaded = [(p, load_recipe(p, sets)) for p in recipes]  # validate every recipe before any training
     if not allow_mixed:
@@ -176,10 +176,9 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
     todo = [(p, out / r.run.name, job_sets, _reusable(p, r, out / r.run.name)) for p, r, job_sets, _ in jobs]
     dirs = []
     for path, run_dir, job_sets, reuse in todo:
-        if not reuse:
-            console = ["log.console=none"] if quiet else []
-            pretrain(path, out=run_dir, set_=[*job_sets, *console], resume=False, overwrite=True,
-                     dry_run=False, json_out=False)
+        if not reuse:  # over an unfinished run of the same recipe (_reusable refused any other)
+            r = load_recipe(path, [*job_sets, *(["log.console=none"] if quiet else [])])
+            train_and_report(r, run_dir, run_console(r)[0], overwrite=True)
         dirs.append(run_dir)
     return dirs
 

@@ -131,6 +131,19 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
+def pick_resume_checkpoint(out: Path) -> Path:
+    """The newest complete checkpoint; a corrupted one is reported with the previous one offered."""
+    found = list_checkpoints(out)
+    try:
+        read_state(found[-1])
+    except UserError as e:
+        if len(found) > 1:
+            e.hint = (f"The previous complete checkpoint is {found[-2]}: move {found[-1]} out of "
+                      f"{out / 'checkpoints'} and run with --resume again.")
+        raise
+    return found[-1]
+
+
 def read_state(ckpt: Path) -> dict:
     """trainer_state.json and config.json of a checkpoint, validated; UserError names what is wrong."""
     try:

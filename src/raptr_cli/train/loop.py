@@ -31,27 +31,7 @@ from .state import TrainState
 from .objective import objective_for
 from .stopping import StopSignals
 from .step import evaluate, forward_backward, step_seed, sync_gradients, train_batch
-from .throughput import Throughput
-
-
-
-def device_peak(device: torch.device, precision: str) -> float | None:
-    """Dense peak FLOP/s of this GPU for MFU, from the datasheet table; None on CPU/unknown GPUs."""
-    if device.type != "cuda":
-        return None
-    from ..budget import GPU_PEAKS
-
-    import re
-
-    words = set(re.split(r"[^a-z0-9]+", torch.cuda.get_device_name(device).lower()))
-    if "nvl" in words:  # H100 NVL has its own clocks: no table entry, so no MFU rather than a wrong one
-        return None
-    for key in sorted(GPU_PEAKS, key=len, reverse=True):  # "h100-pcie" before "h100"
-        base, *variant = key.split("-")
-        # whole words only: "L40S" must not match "l4"
-        if base in words and ("pcie" in words) == ("pcie" in variant):
-            return GPU_PEAKS[key].get("bf16" if precision == "bf16" else "fp32", 0.0) * 1e12 or None
-    return None
+from .throughput import Throughput, device_peak, peak_rss_mb
 
 
 def compile_blocks(model) -> None:
@@ -62,19 +42,6 @@ def compile_blocks(model) -> None:
         if not getattr(block, "_raptr_compiled", False):
             block.compile()
             block._raptr_compiled = True
-
-
-def pick_resume_checkpoint(out: Path) -> Path:
-    """The newest complete checkpoint; a corrupted one is reported with the previous one offered."""
-    found = ckpt.list_checkpoints(out)
-    try:
-        ckpt.read_state(found[-1])
-    except UserError as e:
-        if len(found) > 1:
-            e.hint = (f"The previous complete checkpoint is {found[-2]}: move {found[-1]} out of "
-                      f"{out / 'checkpoints'} and run with --resume again.")
-        raise
-    return found[-1]
 
 
 class Interrupted(Exception):
@@ -105,7 +72,7 @@ class Trainer:
             raise UserError("schedule.method = \"stacking\" cannot run sharded (FSDP): growing the model "
                             "copies blocks that are split across processes",
                             hint="Launch stacking with --multi_gpu (replicated) instead of FSDP.")
-        self.resume_from = pick_resume_checkpoint(out) if resume else None
+        self.resume_from = ckpt.pick_resume_checkpoint(out) if resume else None
         tok_file = out / "tokenizer.json" if resume and (out / "tokenizer.json").is_file() else None
         with accelerator.main_process_first():  # rank 0 fills the tokenizer/block caches, the others read them
             self.data: RunData = prepare_data(recipe, out if accelerator.is_main_process else None, tok_file)
@@ -300,6 +267,7 @@ class Trainer:
         return row
 
     def run(self) -> dict:
+        """Train up to train.steps, then write the last checkpoint and final/; returns the last eval row."""
         if self.acc.is_main_process:  # for `raptr eval` (also --data): see floor.py
             self.floor.save(self.out)
         with self.stop:  # every rank listens: a launcher or scheduler may signal all or only some
@@ -400,13 +368,6 @@ class Trainer:
             summary.update(eval_loss=ev["eval_loss"], **{k: ev.get(k) for k in floor.KEYS})
             self.log.log(summary)
         return ev
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _mean_over_ranks(loss: torch.Tensor) -> float:

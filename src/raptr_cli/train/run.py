@@ -97,10 +97,11 @@ def _train(r: Recipe, out: Path, acc, sink: Reporter | None, resume: bool, overw
     main = acc.is_main_process
     if main:
         notes, warnings = recover_overwritten(out)
-        for msg in notes if sink is not None else ():
-            sink.note(msg)
-        for msg in warnings if sink is not None else ():
-            sink.warn(msg)
+        if sink is not None:
+            for msg in notes:
+                sink.note(msg)
+            for msg in warnings:
+                sink.warn(msg)
     acc.wait_for_everyone()
     if resume:
         _check_resume_recipe(r, out)

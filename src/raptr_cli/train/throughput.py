@@ -1,5 +1,6 @@
-"""The loop's clock: tokens/s, TFLOP/s, data-loading share and MFU of each logged row, and the
-run's time counters in TrainState (elapsed_s, data_s, train_s).
+"""The loop's clock: tokens/s, TFLOP/s, data-loading share and MFU of each logged row, the run's
+time counters in TrainState (elapsed_s, data_s, train_s), and the machine figures they are read
+against (a GPU's peak FLOP/s, the process's peak memory).
 
 A row's rates cover the window since the previous logged row, training time only: evals and
 checkpoints run inside `paused()` and are left out of the window (elapsed_s keeps them).
@@ -8,8 +9,11 @@ checkpoints run inside `paused()` and are left out of the window (elapsed_s keep
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
+
+import torch
 
 from .state import TrainState
 
@@ -68,3 +72,27 @@ class Throughput:
         t_side = time.perf_counter()
         yield
         self.window_t += time.perf_counter() - t_side
+
+
+def device_peak(device: torch.device, precision: str) -> float | None:
+    """Dense peak FLOP/s of this GPU for MFU, from the datasheet table; None on CPU/unknown GPUs."""
+    if device.type != "cuda":
+        return None
+    from ..budget import GPU_PEAKS
+
+    words = set(re.split(r"[^a-z0-9]+", torch.cuda.get_device_name(device).lower()))
+    if "nvl" in words:  # H100 NVL has its own clocks: no table entry, so no MFU rather than a wrong one
+        return None
+    for key in sorted(GPU_PEAKS, key=len, reverse=True):  # "h100-pcie" before "h100"
+        base, *variant = key.split("-")
+        # whole words only: "L40S" must not match "l4"
+        if base in words and ("pcie" in words) == ("pcie" in variant):
+            return GPU_PEAKS[key].get("bf16" if precision == "bf16" else "fp32", 0.0) * 1e12 or None
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

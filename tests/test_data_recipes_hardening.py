@@ -346,7 +346,7 @@ def test_budget_set_line_loads_and_yields_the_budget(cli, tmp_path: Path) -> Non
 
 def test_rescaled_schedule_keeps_each_share_of_the_staged_span() -> None:
     from raptr_cli.schedule import ScheduleConfig, StageConfig
-    from raptr_cli.schedule_check import rescaled_schedule, stage_bounds
+    from raptr_cli.schedule import rescaled_schedule, stage_bounds
 
     S = StageConfig
     # 100 steps, 64 tokens each: warm-up 10 (a fraction), then 45 steps given in tokens + half of the staged 90

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import UserError
+from .schedule import ScheduleConfig, is_full_model, size_key
 from .train.metrics import read_metrics
 
 
@@ -28,13 +29,13 @@ def summarize(run_dir: Path) -> dict:
         raise UserError(f"{run_dir} has not finished (no run_end event in metrics.jsonl)",
                         hint="Resume it with `raptr pretrain ... --resume`, or leave it out.")
     stages = sched.get("stages", [])
-    key = "depth" if sched.get("method") == "stacking" else "path_length"
+    key = size_key(sched.get("method"))
     schedule = "-".join(str(s.get(key, s.get("keep_prob", "?"))) for s in stages) or "full"
     jumps = [r["loss_after"] - r["loss_before"] for r in rows if r.get("event") == "transition"]
     full_evals = [r for r in evals if r.get("eval_full_model", True)]
     return {
         "run": str(run_dir), "name": recipe.get("run", {}).get("name", run_dir.name),
-        "method": sched.get("method", "baseline"), "schedule": schedule,
+        "method": sched.get("method", ScheduleConfig.method), "schedule": schedule,
         "seed": recipe.get("run", {}).get("seed", 0),
         "steps": end["step"], "tokens": end["tokens"], "flops": end["flops"], "wall_s": end["elapsed_s"],
         "tokens_per_s": end["tokens"] / max(end["elapsed_s"], 1e-9),
@@ -65,7 +66,7 @@ def compare_runs(run_dirs: list[Path], allow_mixed: bool = False) -> dict:
     runs = [summarize(Path(d)) for d in run_dirs]
     check_comparable(runs, allow_mixed)
     # the reference is the full baseline: the baseline run with the most FLOPs, not a shortened one
-    base = max((r for r in runs if r["method"] == "baseline"), key=lambda r: r["flops"], default=None)
+    base = max((r for r in runs if is_full_model(r["method"])), key=lambda r: r["flops"], default=None)
     ref_flops = base["flops"] if base else max(r["flops"] for r in runs)
     equal = min(r["flops"] for r in runs)  # every curve reaches this point
     for r in runs:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import UserError
 from .models import build_model, config_from_dict, resolve_model_config
 from .recipe import Recipe, load_recipe
-from .schedule import sample_subset, step_generator
+from .schedule import method_class, sample_subset, stream
 from .train import checkpoint as ckpt
 from .train.objective import objective_for
 from .train.step import evaluate
@@ -48,7 +48,7 @@ def _check_against_recipe(cfg, recipe: Recipe, model_dir: Path, recipe_path: Pat
     diffs = [f"{f.name}: {getattr(cfg, f.name)!r} in config.json, {getattr(want, f.name)!r} from the recipe"
              for f in dataclasses.fields(cfg)
              if f.name not in _NOT_ARCHITECTURE and getattr(cfg, f.name) != getattr(want, f.name)]
-    growing = recipe.schedule.method == "stacking"
+    growing = method_class(recipe.schedule.method).grows
     if cfg.num_layers > want.num_layers or (cfg.num_layers != want.num_layers and not growing):
         diffs.append(f"num_layers: {cfg.num_layers} in config.json, {want.num_layers} from the recipe")
     if diffs:
@@ -147,7 +147,7 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
                 raise UserError(f"--path-lengths {k}: must be between {len(fixed)} (the fixed layers) and {L}")
             losses = []
             for i in range(n_paths if k < L else 1):
-                layers = sample_subset(L, fixed, k, step_generator(recipe.run.seed ^ 0xE7A1, i))
+                layers = sample_subset(L, fixed, k, stream(recipe.run.seed, i, "eval_paths"))
                 r = evaluate(model, rd.eval, t.batch_size, n_batches, objective, recipe.run.seed, precision, layers=layers)
                 losses.append(r["eval_loss"])
             by_k[str(k)] = sum(losses) / len(losses)

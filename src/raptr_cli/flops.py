@@ -75,7 +75,7 @@ def plan_flops(plan: Plan, d: Dims, tokens_per_step: int, head_fraction: float) 
     if d.n_layers != plan.n_layers:
         raise ValueError(f"Dims.n_layers = {d.n_layers} but the plan has {plan.n_layers} layers")
     layer, head = layer_flops_per_token(d), head_flops_per_token(d)
-    size = "depth" if plan.method == "stacking" else "path_length"
+    size = plan.size_key
     rows = []
     for st in plan.stages:
         tokens = st.steps * tokens_per_step

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..schedule import Plan, ScheduleConfig, StageConfig, build_plan, step_generator
+from ..schedule import Plan, ScheduleConfig, StageConfig, build_plan, stream
 
 METHODS = ("baseline", "raptr", "shrink", "pld")
 
@@ -183,7 +183,7 @@ def train_one(plan: Plan, cfg: ToyConfig, seed: int, x_all: torch.Tensor, y_all:
         layers = plan.active_layers(step)
         scales = plan.layer_scales(step, layers)
         # the data stream depends on (seed, step) only, never on the method
-        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=step_generator(seed ^ 0xDA7A, step))
+        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=stream(seed, step, "toy_batches"))
         loss = ((net(x_all[idx], layers, scales) - y_all[idx]) ** 2).mean()
         opt.zero_grad(set_to_none=True)  # skipped blocks keep grad None: Adam leaves them alone
         loss.backward()

@@ -24,6 +24,7 @@ from ..config import dumps
 from ..errors import UserError
 from ..evaluation import locate, run_eval
 from ..recipe import load_recipe
+from ..schedule import ScheduleConfig, size_key
 from ..train.metrics import read_metrics
 
 # variant -> [model] keys; the theory: O(1/sqrt(L)) gap with residuals + LayerNorm, Omega(1) without
@@ -50,12 +51,13 @@ def analyze_run(target: Path, drops: list[int] = (1, 2), n_paths: int = 4, batch
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{run_dir}: cannot read the run's recipe.toml or {model_dir / 'config.json'} ({e})",
                         hint="Pass a run directory written by `raptr pretrain`.") from None
-    method = recipe.get("schedule", {}).get("method", "baseline")
+    method = recipe.get("schedule", {}).get("method", ScheduleConfig.method)
+    by_path = size_key(method) == "path_length"
     rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     stage_k = {r["stage"]: r.get("path_length") for r in rows if r.get("event") == "stage_end"}
     n_fixed = len(load_recipe(run_dir / "recipe.toml").schedule.fixed_for(L) or [0, L - 1])  # as run_eval
     ks = {L - d for d in drops if L - d >= n_fixed}
-    if method != "stacking":  # stacking's stages are depths, not path lengths of this model
+    if by_path:  # a growing method's stages are depths, not path lengths of this model
         ks |= {int(round(k)) for k in stage_k.values() if k is not None and n_fixed <= round(k) < L}
     res = run_eval(model_dir, None, path_lengths=sorted(ks, reverse=True), n_paths=n_paths, batches=batches)
     by_k = {int(k): v for k, v in res.get("by_path_length", {}).items()}
@@ -64,7 +66,7 @@ def analyze_run(target: Path, drops: list[int] = (1, 2), n_paths: int = 4, batch
         k0, k1 = stage_k.get(ev["from_stage"]), stage_k.get(ev["to_stage"])
         sw = {"step": ev["step"], "from_path_length": k0, "to_path_length": k1,
               "measured_jump": ev["loss_after"] - ev["loss_before"], "gap_final_model": None, "gap_at_switch": None}
-        if method != "stacking" and k0 is not None and k1 is not None:
+        if by_path and k0 is not None and k1 is not None:
             k0, k1 = int(round(k0)), int(round(k1))
             if {k0, k1} <= set(by_k) | {L}:
                 sw["gap_final_model"] = _path_loss(res, k1, L) - _path_loss(res, k0, L)

@@ -24,7 +24,7 @@ Examples:
   raptr compare --runs runs/cmp/bert-tiny-baseline runs/cmp/bert-tiny-raptr --downstream builtin:shakespeare-genre
 
 A finished run in --out is reused only when its recipe.toml is the same resolved recipe (as for
---resume); runs of one run.name are read as seeds of one recipe. BERT and UL2 runs are refused
+--resume), and an interrupted one continues from its newest checkpoint; runs of one run.name are read as seeds of one recipe. BERT and UL2 runs are refused
 together (their losses measure different things) unless --allow-mixed.
 """
 
@@ -176,21 +176,24 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
     todo = [(p, out / r.run.name, job_sets, _reusable(p, r, out / r.run.name)) for p, r, job_sets, _ in jobs]
     dirs = []
     for path, run_dir, job_sets, reuse in todo:
-        if not reuse:  # over an unfinished run of the same recipe (_reusable refused any other)
+        if reuse != "finished":
             r = load_recipe(path, [*job_sets, *(["log.console=none"] if quiet else [])])
-            train_and_report(r, run_dir, run_console(r)[0], overwrite=True)
+            resume = reuse == "partial"  # an interrupted run of this recipe continues from its checkpoint
+            train_and_report(r, run_dir, run_console(r)[0], resume=resume, overwrite=not resume)
         dirs.append(run_dir)
     return dirs
 
 
-def _reusable(path: Path, recipe, run_dir: Path) -> bool:
-    """True when run_dir holds this recipe's finished run (reused: delete the folder to rerun it), False
-    when there is nothing to keep there (trained, over an unfinished run of the same recipe). A run of
-    another recipe is refused, finished or not: the same rule as `--resume` (recipe_differences)."""
+def _reusable(path: Path, recipe, run_dir: Path) -> str:
+    """"finished" when run_dir holds this recipe's finished run (reused: delete the folder to rerun it),
+    "partial" when it holds an interrupted run of it with a checkpoint (resumed exactly, as --resume),
+    "" when there is nothing to keep there (trained from scratch). A run of another recipe is refused,
+    finished or not: the same rule as `--resume` (recipe_differences)."""
     import tomllib
 
     from ..errors import UserError
     from ..recipe import recipe_differences
+    from ..train.checkpoint import list_checkpoints
     from ..train.rundir import RUN_MARKERS, resolved_toml
 
     saved = run_dir / "recipe.toml"
@@ -200,7 +203,7 @@ def _reusable(path: Path, recipe, run_dir: Path) -> bool:
             raise UserError(f"{run_dir} holds run files ({', '.join(held)}) but no recipe.toml, so it cannot be "
                             f"told apart from another recipe's run: {path} would overwrite it",
                             hint=f"Move {run_dir} away (or delete it), or compare into another --out.")
-        return False
+        return ""
     try:
         theirs = tomllib.loads(saved.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -212,4 +215,6 @@ def _reusable(path: Path, recipe, run_dir: Path) -> bool:
             f"{run_dir} holds a run of another recipe: {path} differs from {saved} in: "
             + ", ".join(f"{k} ({a!r} here, {b!r} there)" for k, (a, b) in diff.items()),
             hint=f"Give {path} its own run.name, compare into another --out, or delete {run_dir} to rerun it.")
-    return (run_dir / "final").is_dir()
+    if (run_dir / "final").is_dir():
+        return "finished"
+    return "partial" if list_checkpoints(run_dir) else ""

@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..schedule import size_key
+
 
 def si(x: float | None, unit: str = "") -> str:
     """3.2e15 -> '3.20 P' (FLOPs, tokens)."""
@@ -81,7 +83,7 @@ class Console:
             title += " (dry run)"
         if resumed_at is not None:
             title += f", resumed at step {resumed_at}"
-        size = "depth" if p["method"] == "stacking" else "path_length"
+        size = size_key(p["method"])
         table = Table(title=title, title_justify="left")
         for col in ("stage", "steps", "tokens", size, "keep p", "FLOPs", "share"):
             table.add_column(col, justify="right")
@@ -163,7 +165,7 @@ class Console:
         self._print(self._table([row], f"stage {row['stage']} done"))
 
     def _table(self, rows: list[dict], title: str) -> Table:
-        size = "depth" if rows[0].get("method") == "stacking" else "path"
+        size = "depth" if size_key(rows[0].get("method")) == "depth" else "path"
         t = Table(title=title, title_justify="left")
         cols = ("stage", size, "steps", "tokens", "cum. FLOPs", "loss start", "loss end",
                 "switch loss", "eval loss", "below floor", "tok/s", "TFLOP/s", "data %", "wall s")

@@ -73,8 +73,8 @@ def flops(
 
 def _stage_steps(r, steps: int) -> list[str]:
     """--set lines that rescale the warm-up and stages given in steps or tokens (fractions rescale by
-    themselves); the arithmetic is schedule_check.rescaled_schedule, beside the loader's stage_bounds."""
-    from ..schedule_check import rescaled_schedule
+    themselves); the arithmetic is schedule.rescaled_schedule, which shares the loader's stage_ends."""
+    from ..schedule import rescaled_schedule
 
     keys = rescaled_schedule(r.schedule, r.train.steps, r.tokens_per_step, steps)
     out = []
@@ -88,7 +88,9 @@ def _stage_steps(r, steps: int) -> list[str]:
 
 def _contract(p: dict) -> dict:
     """The `raptr flops --json` document (cli.md contract) plus the layers-only figures."""
-    size = "depth" if p["method"] == "stacking" else "path_length"
+    from ..schedule import size_key
+
+    size = size_key(p["method"])
     return {
         "recipe": p["run"], "method": p["method"],
         "params": p["params"], "params_non_embedding": p["params_non_embedding"],

@@ -17,7 +17,7 @@ from ..models import build_model, resolve_model_config
 from ..models.common import grow_by_stacking
 from ..planning import effective_precision, model_dims
 from ..recipe import Recipe
-from ..schedule import Plan, build_plan
+from ..schedule import Plan, build_plan, method_class
 from . import checkpoint as ckpt
 from .data_setup import RunData, prepare_data
 from .fingerprint import check_same_data, data_fingerprint
@@ -68,10 +68,10 @@ class Trainer:
         reshard = fsdp_options()["reshard_after_forward"] if self.sharded else True
         self.layout = {"processes": self.world, "rank": self.rank, "sharded": self.sharded,
                        "reshard_after_forward": reshard}
-        if self.sharded and recipe.schedule.method == "stacking":
-            raise UserError("schedule.method = \"stacking\" cannot run sharded (FSDP): growing the model "
+        if self.sharded and method_class(recipe.schedule.method).grows:
+            raise UserError(f"schedule.method = \"{recipe.schedule.method}\" cannot run sharded (FSDP): growing the model "
                             "copies blocks that are split across processes",
-                            hint="Launch stacking with --multi_gpu (replicated) instead of FSDP.")
+                            hint=f"Launch {recipe.schedule.method} with --multi_gpu (replicated) instead of FSDP.")
         self.resume_from = ckpt.pick_resume_checkpoint(out) if resume else None
         tok_file = out / "tokenizer.json" if resume and (out / "tokenizer.json").is_file() else None
         with accelerator.main_process_first():  # rank 0 fills the tokenizer/block caches, the others read them
@@ -178,11 +178,9 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
     def _lr(self, step: int) -> float:
-        o, stage = self.r.optim, self.plan.stage_at(step)
+        o = self.r.optim
         f = lr_factor(step, self.r.train.steps, self.warmup, o.decay, o.min_lr_ratio)
-        rw = self.r.schedule.stack_rewarmup_steps
-        if self.plan.method == "stacking" and rw and stage.index > 0:
-            f *= min(1.0, (step - stage.start + 1) / rw)
+        f *= self.plan.lr_factor(step)
         return o.lr * f
 
     def _apply(self, step: int, params: list, loss: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -300,13 +298,13 @@ class Trainer:
             step = self.step
             meter.start_step()
             stage = self.plan.stage_at(step)
-            if stage.depth != self.state.depth:  # stacking: the model grows at a stage start
-                self._grow(stage.depth)
+            if (depth := self.plan.growth(step, self.state.depth)) is not None:
+                self._grow(depth)
                 params = list(self.model.parameters())
-            layers = self.plan.active_layers(step)
-            scales = self.plan.layer_scales(step, layers)
-            scales = None if all(s == 1.0 for s in scales) else scales
-            run_layers = None if len(layers) == self.state.depth else layers
+            subnet = self.plan.subnet(step)
+            layers = list(range(self.state.depth)) if subnet.layers is None else list(subnet.layers)
+            run_layers = None if subnet.layers is None else layers
+            scales = None if subnet.scales is None else list(subnet.scales)
 
             batch, n_global = batches.get(step)
             meter.batch_ready()

@@ -47,8 +47,8 @@ def startup(reps: int) -> list[dict]:
 
 
 def _tiny(layers: int = 12, hidden: int = 128):
-    from raptr_cli.models.bert import BertForMaskedLM
-    from raptr_cli.models.presets import BertConfig
+    from raptr_cli.models.bert.model import BertForMaskedLM
+    from raptr_cli.models.bert.config import BertConfig
 
     torch.manual_seed(0)
     return BertForMaskedLM(BertConfig(vocab_size=8192, hidden_size=hidden, num_layers=layers, num_heads=2,
@@ -56,7 +56,7 @@ def _tiny(layers: int = 12, hidden: int = 128):
 
 
 def _batch(B: int = 16, T: int = 128):
-    from raptr_cli.data.masking import mask_tokens
+    from raptr_cli.objectives.mlm import mask_tokens
 
     ids = torch.randint(5, 8192, (B, T), generator=torch.Generator().manual_seed(0))
     return mask_tokens(ids, seed=0, step=0, mlm_probability=0.15, mask_id=4, vocab_size=8192,
@@ -142,7 +142,7 @@ H100_STEP_S = 0.066  # compiled BERT-base full step, batch 256 x 128, bf16 (docs
 
 def input_pipeline(steps: int) -> list[dict]:
     from raptr_cli.recipe import load_recipe
-    from raptr_cli.train.objective import objective_for
+    from raptr_cli.objectives import objective_for
     from raptr_cli.train.prefetch import Prefetcher
     from raptr_cli.train.step import train_batch
 

@@ -45,10 +45,10 @@ from pathlib import Path
 
 import torch
 
-from raptr_cli.data.masking import mask_tokens
+from raptr_cli.objectives.mlm import mask_tokens
 from raptr_cli.flops import step_flops
-from raptr_cli.models.bert import BertForMaskedLM
-from raptr_cli.models.presets import BertConfig
+from raptr_cli.models.bert.model import BertForMaskedLM
+from raptr_cli.models.bert.config import BertConfig
 from raptr_cli.planning import model_dims
 from raptr_cli.recipe import OptimConfig
 from raptr_cli.schedule import sample_subset, step_generator

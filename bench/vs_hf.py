@@ -23,8 +23,8 @@ import torch
 def _bert_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: int):
     import transformers
 
-    from raptr_cli.models.bert import BertForMaskedLM
-    from raptr_cli.models.presets import BertConfig
+    from raptr_cli.models.bert.model import BertForMaskedLM
+    from raptr_cli.models.bert.config import BertConfig
 
     ours = BertForMaskedLM(BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
                                       intermediate_size=ffn, max_position_embeddings=max(512, seq)))
@@ -36,7 +36,7 @@ def _bert_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: 
 
 
 def _mlm_batch(vocab: int, batch: int, seq: int, seed: int = 0):
-    from raptr_cli.data.masking import mask_tokens
+    from raptr_cli.objectives.mlm import mask_tokens
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, vocab, (batch, seq), generator=g)
@@ -48,8 +48,8 @@ def _mlm_batch(vocab: int, batch: int, seq: int, seed: int = 0):
 def _ul2_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: int):
     import transformers
 
-    from raptr_cli.models.decoder import DecoderForPrefixLM
-    from raptr_cli.models.presets import DecoderConfig
+    from raptr_cli.models.ul2.model import DecoderForPrefixLM
+    from raptr_cli.models.ul2.config import DecoderConfig
 
     cfg = DecoderConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
                         intermediate_size=ffn, max_position_embeddings=max(512, seq))

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from raptr_cli.errors import UserError
-from raptr_cli.models.bert import (
-    BERT_PRESETS,
+from raptr_cli.models.bert.config import BERT_PRESETS
+from raptr_cli.models.bert.model import (
     BertConfig,
     BertForMaskedLM,
     MLMOutput,

@@ -213,7 +213,7 @@ def test_dry_run_params_match_the_model(cli, make_recipe) -> None:
     import torch
 
     from raptr_cli.models import build_model, resolve_model_config
-    from raptr_cli.models.bert import num_parameters
+    from raptr_cli.models.bert.model import num_parameters
 
     recipe = make_recipe()
     plan = json.loads(run_ok(cli, "pretrain", recipe, "--dry-run", "--json").stdout)

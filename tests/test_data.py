@@ -23,7 +23,6 @@ from raptr_cli.data import (
     fetch_corpus,
     load_documents,
     load_tokenizer,
-    mask_tokens,
     pack_documents,
     parse_hf_spec,
     resolve_data_files,
@@ -34,6 +33,7 @@ from raptr_cli.data import (
 from raptr_cli.data import corpus as corpus_mod
 from raptr_cli.data import packing as packing_mod
 from raptr_cli.errors import UserError
+from raptr_cli.objectives.mlm import mask_tokens
 
 
 # --- fixtures

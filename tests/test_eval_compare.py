@@ -48,7 +48,7 @@ def test_eval_equals_the_runs_final_eval_and_a_direct_recomputation(runs, cli):
     from raptr_cli.evaluation import load_model_dir
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
-    from raptr_cli.train.objective import objective_for
+    from raptr_cli.objectives import objective_for
 
     recipe = load_recipe(run / "recipe.toml")
     rd = prepare_data(recipe, None, run / "tokenizer.json")

@@ -25,8 +25,8 @@ transformers = pytest.importorskip("transformers")
 from raptr_cli.data.tokenizer import train_wordpiece  # noqa: E402
 from raptr_cli.errors import UserError  # noqa: E402
 from raptr_cli.export import export_hf  # noqa: E402
-from raptr_cli.models.bert import BertConfig, BertForMaskedLM  # noqa: E402
-from raptr_cli.models.decoder import DecoderConfig, DecoderForPrefixLM  # noqa: E402
+from raptr_cli.models.bert.model import BertConfig, BertForMaskedLM  # noqa: E402
+from raptr_cli.models.ul2.model import DecoderConfig, DecoderForPrefixLM  # noqa: E402
 from raptr_cli.objectives.ul2_tokenizer import train_bpe  # noqa: E402
 from raptr_cli.train.checkpoint import write_model_dir  # noqa: E402
 

@@ -260,8 +260,8 @@ def test_metrics_against_hand_computed_values():
 def test_ul2_head_mean_pools_the_bidirectional_input_and_ignores_padding():
     """UL2: the score of an example does not depend on the padding of its batch, and every input
     token (the first included) sees the last one (the input is one bidirectional prefix)."""
-    from raptr_cli.finetune.heads import DecoderClassifier
-    from raptr_cli.models.decoder import DecoderConfig, DecoderForPrefixLM
+    from raptr_cli.models.ul2.classifier import DecoderClassifier
+    from raptr_cli.models.ul2.model import DecoderConfig, DecoderForPrefixLM
 
     torch.manual_seed(0)
     cfg = DecoderConfig(vocab_size=64, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,

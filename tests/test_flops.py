@@ -71,7 +71,7 @@ def test_pld_and_stochastic_depth_use_expectations():
 
 @pytest.mark.parametrize("seq_len,layers", [(16, [0, 3]), (32, [0, 1, 2, 3]), (48, [0, 2, 3]), (64, [1])])
 def test_analytic_matches_flop_counter(seq_len, layers):
-    bert = pytest.importorskip("raptr_cli.models.bert")
+    bert = pytest.importorskip("raptr_cli.models.bert.model")
     torch.manual_seed(0)
     h, ffn, V, L, B, n_masked = 64, 256, 96, 4, 2, 7
     cfg = bert.BertConfig(vocab_size=V, hidden_size=h, num_layers=L, num_heads=4, intermediate_size=ffn,

@@ -82,7 +82,7 @@ def test_smoke_json_has_the_headline_keys_finite(smoke):
 
 def test_smoke_flops_ratios_are_the_analytic_ones(smoke):
     from raptr_cli.flops import step_flops
-    from raptr_cli.models.presets import BertConfig
+    from raptr_cli.models.bert.config import BertConfig
     from raptr_cli.planning import model_dims
 
     _, doc = smoke

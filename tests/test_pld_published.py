@@ -55,7 +55,7 @@ def test_reproduction_pld_recipe_matches_raptr_flops():
 
 
 def test_pre_ln_forward_scales_each_branch():
-    from raptr_cli.models.bert import BertConfig, BertForMaskedLM
+    from raptr_cli.models.bert.model import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
     m = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2,

@@ -306,8 +306,8 @@ def enospc(*args, **kwargs):
 def _model_and_state():
     import torch
 
-    from raptr_cli.models.bert import BertForMaskedLM
-    from raptr_cli.models.presets import BertConfig
+    from raptr_cli.models.bert.model import BertForMaskedLM
+    from raptr_cli.models.bert.config import BertConfig
 
     model = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,
                                        intermediate_size=64, max_position_embeddings=16))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from raptr_cli.errors import UserError
-from raptr_cli.models.bert import BertConfig, BertForMaskedLM
+from raptr_cli.models.bert.model import BertConfig, BertForMaskedLM
 from raptr_cli.recipe import OptimConfig
 from raptr_cli.train import checkpoint as ckpt
 from raptr_cli.train.optim import build_optimizer, lr_factor, warmup_steps_of

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from raptr_cli.errors import UserError
-from raptr_cli.models.decoder import DecoderForPrefixLM, prefix_lm_mask
-from raptr_cli.models.presets import UL2_PRESETS, DecoderConfig
+from raptr_cli.models.ul2.model import DecoderForPrefixLM, prefix_lm_mask
+from raptr_cli.models.ul2.config import UL2_PRESETS, DecoderConfig
 from raptr_cli.objectives.ul2 import (
     DenoiserConfig,
     UL2Config,
@@ -155,7 +155,7 @@ def test_skipping_is_identity_and_scales_scale_the_update() -> None:
     with torch.no_grad():
         got = m(ids, prefix_len=plen, layers=[2, 0], scales=[0.5, 1.0]).logits
         x = m.model.embed_tokens(ids)
-        from raptr_cli.models.decoder import rotary_cos_sin
+        from raptr_cli.models.ul2.model import rotary_cos_sin
 
         cos, sin = rotary_cos_sin(9, 8, m.config.rope_theta, x.device, x.dtype)
         mask = prefix_lm_mask(plen, 9)

@@ -43,7 +43,7 @@ def hand_floor(run, eval_files: list[str] | None = None) -> tuple[float, int]:
     (the run's eval split, or `eval_files` as `raptr eval --data` reads them)."""
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
-    from raptr_cli.train.objective import objective_for
+    from raptr_cli.objectives import objective_for
 
     recipe = load_recipe(run / "recipe.toml")
     rd = prepare_data(recipe, None, run / "tokenizer.json")
@@ -215,7 +215,7 @@ def test_ranks_split_the_floor_like_the_loss(bert_run):
     from raptr_cli.evaluation import load_model_dir
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
-    from raptr_cli.train.objective import objective_for
+    from raptr_cli.objectives import objective_for
     from raptr_cli.train.step import evaluate
 
     recipe = load_recipe(bert_run / "recipe.toml")

@@ -15,7 +15,7 @@ from .models import build_model, config_from_dict, resolve_model_config
 from .recipe import Recipe, load_recipe
 from .schedule import method_class, sample_subset, stream
 from .train import checkpoint as ckpt
-from .train.objective import objective_for
+from .objectives import objective_for
 from .train.step import evaluate
 
 
@@ -44,7 +44,7 @@ def _check_against_recipe(cfg, recipe: Recipe, model_dir: Path, recipe_path: Pat
     checkpoint may be shallower: the model grows during the run)."""
     import dataclasses
 
-    want = resolve_model_config(recipe, vocab_size=cfg.vocab_size)
+    want = resolve_model_config(recipe.model, cfg.vocab_size, recipe.train.seq_len)
     diffs = [f"{f.name}: {getattr(cfg, f.name)!r} in config.json, {getattr(want, f.name)!r} from the recipe"
              for f in dataclasses.fields(cfg)
              if f.name not in _NOT_ARCHITECTURE and getattr(cfg, f.name) != getattr(want, f.name)]

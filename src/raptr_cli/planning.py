@@ -11,6 +11,8 @@ from pathlib import Path
 from . import flops as F
 from .errors import UserError
 from .models import resolve_model_config
+from .models.registry import spec_of
+from .objectives import objective_spec_for
 from .recipe import Recipe
 from .schedule import build_plan, describe
 
@@ -29,59 +31,19 @@ def recipe_vocab_size(recipe: Recipe) -> int:
     return len(vocab)
 
 
-def bert_param_count(cfg) -> dict[str, int]:
-    """Analytic parameter count of BertForMaskedLM (tied decoder counted once); equals
-    `models.bert.num_parameters` (a test pins it)."""
-    h, f, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
-    emb = (V + cfg.max_position_embeddings + cfg.type_vocab_size) * h + 2 * h
-    norms = 0 if cfg.norm == "none" else 2 * h  # each block's two LayerNorms (none: no parameters)
-    block = 4 * (h * h + h) + norms + (h * f + f) + (f * h + h) + norms
-    head = (h * h + h) + 2 * h + V  # transform dense + LayerNorm + decoder bias (weight tied)
-    final = 2 * h if cfg.norm == "pre" else 0
-    embeddings = (V + cfg.max_position_embeddings + cfg.type_vocab_size) * h
-    total = emb + L * block + head + final
-    return {"total": total, "non_embedding": total - embeddings, "per_layer": block}
-
-
-def decoder_param_count(cfg) -> dict[str, int]:
-    """Analytic parameter count of the UL2 decoder (Llama layout, no biases)."""
-    h, f, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
-    block = 4 * h * h + 3 * h * f + 2 * h  # q,k,v,o + gate,up,down + two RMSNorms
-    head = 0 if cfg.tie_embeddings else V * h
-    total = V * h + L * block + h + head
-    return {"total": total, "non_embedding": total - V * h - head, "per_layer": block}
-
-
 def param_count(cfg) -> dict[str, int]:
-    return bert_param_count(cfg) if hasattr(cfg, "type_vocab_size") else decoder_param_count(cfg)
+    """{"total", "non_embedding", "per_layer"} of an architecture config, from its registry entry."""
+    return spec_of(cfg).param_count(cfg)
 
 
 def model_dims(cfg, seq_len: int) -> F.Dims:
-    bert = hasattr(cfg, "type_vocab_size")
-    return F.Dims(hidden=cfg.hidden_size, ffn=cfg.intermediate_size, vocab=cfg.vocab_size,
-                  n_layers=cfg.num_layers, seq_len=seq_len, ffn_matrices=2 if bert else 3,
-                  head_transform=bert)
+    return spec_of(cfg).dims(cfg, seq_len)
 
 
 def head_fraction(recipe: Recipe) -> float:
-    """Share of positions the output head runs on: the masking rate for MLM (masked positions
-    only); for UL2 the expected share of target positions under the denoiser mixture, where a span
-    denoiser with rate r and mean span mu turns L tokens into 1 + L + 2rL/mu positions of which
-    rL + rL/mu are targets, and the prefix denoiser predicts a share r (an estimate: metrics.jsonl
-    counts the positions that really ran)."""
-    if recipe.model.arch == "bert":
-        return recipe.objective.mlm_probability
-    den = recipe.objective.denoisers
-    total_w = sum(d.weight for d in den)
-    frac = 0.0
-    for d in den:
-        if d.kind == "prefix":
-            share = d.rate
-        else:
-            spans = d.rate / d.mean_span
-            share = (d.rate + spans) / (1 + 2 * spans)
-        frac += d.weight / total_w * share
-    return frac
+    """Share of positions the output head runs on, as the recipe's objective expects it (the
+    masking rate for MLM; the mixture's expected target share for UL2)."""
+    return objective_spec_for(recipe).head_fraction(recipe.objective)
 
 
 def env_flag(name: str, default: str = "false") -> bool:
@@ -174,7 +136,7 @@ def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool, layout: dict =
 
 # Host bytes per token of the global batch while it is built (every process builds all of it, then
 # keeps its rows): int32 rows, int64 ids, labels and random replacements, two float32 draws and the
-# boolean masks of masking (data/masking.py), with the temporaries of torch.where.
+# boolean masks of masking (objectives/mlm.py), with the temporaries of torch.where.
 HOST_BATCH_BYTES_PER_TOKEN = 64
 
 
@@ -223,7 +185,7 @@ def check_memory(recipe: Recipe, layout: dict = SINGLE, precision: str = "fp32",
         vocab = recipe_vocab_size(recipe)
     except UserError:  # a bad tokenizer.path is reported by the data pipeline, in its own words
         vocab = recipe.tokenizer.vocab_size
-    cfg = resolve_model_config(recipe, vocab_size=vocab)
+    cfg = resolve_model_config(recipe.model, vocab, recipe.train.seq_len)
     params, bf16 = param_count(cfg)["total"], precision == "bf16"
     t = recipe.train
     batch_gib = t.batch_size * t.seq_len * HOST_BATCH_BYTES_PER_TOKEN / 1024**3
@@ -280,7 +242,7 @@ def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool
     figure is per process of `layout` (launch_layout(), or the trainer's) at `precision` (the
     recipe's when None, "auto" counted as fp32 without a device to resolve it)."""
     vocab = vocab_size or recipe_vocab_size(recipe)
-    cfg = resolve_model_config(recipe, vocab_size=vocab)
+    cfg = resolve_model_config(recipe.model, vocab, recipe.train.seq_len)
     t = recipe.train
     plan = build_plan(recipe.schedule, cfg.num_layers, t.steps, recipe.tokens_per_step, recipe.run.seed)
     pc = param_count(cfg)

@@ -17,6 +17,9 @@ from typing import Literal
 
 from .config import dumps, dumps_documented, fields_of, from_dict, parse_value, to_dict
 from .errors import UserError
+from .models import resolve_model_config
+from .models.registry import arch_spec
+from .objectives import objective_spec
 from .objectives.config import DenoiserConfig, default_denoisers
 from .schedule import ScheduleConfig
 
@@ -179,9 +182,9 @@ class Recipe:
     def to_toml(self, docs: bool = False) -> str:
         """The recipe as TOML; `docs` adds each key's docstring as comments (`raptr recipe show`)."""
         sections = {name: to_dict(getattr(self, name)) for name in fields_of(Recipe)}
-        # the objective keys of the other architecture are noise in a resolved recipe
-        unused = ("mlm_probability", "mask_token_frac", "random_token_frac") if self.model.arch == "ul2" else ("denoisers",)
-        sections["objective"] = {k: v for k, v in sections["objective"].items() if k not in unused}
+        # the keys of objectives this architecture does not train are noise in a resolved recipe
+        used = objective_spec(arch_spec(self.model.arch).objective).keys
+        sections["objective"] = {k: v for k, v in sections["objective"].items() if k in used}
         if docs:
             return dumps_documented({name: getattr(self, name) for name in sections}, sections)
         return dumps(sections)
@@ -291,18 +294,8 @@ def _check_ranges(r: Recipe) -> list[str]:
         positive(f"model.{key}", getattr(r.model, key))
     if not r.data.train:
         p.append("data.train is empty: name at least one file, glob or builtin:shakespeare")
-    if r.model.arch == "ul2":
-        den = [d for d in r.objective.denoisers if d is not None]
-        for i, d in enumerate(den):
-            p += d.problems(f"objective.denoisers[{i}]")
-        if not den or sum(d.weight for d in den) <= 0:
-            p.append("objective.denoisers needs at least one denoiser with weight > 0")
-        if r.model.norm is not None:
-            p.append("model.norm applies to bert only (ul2 is pre-norm RMSNorm)")
-        if r.model.residual is not None:
-            p.append("model.residual applies to bert only")
-        if r.tokenizer.vocab_size < 512:
-            p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: byte-level BPE needs at least 512 (UL2 uses 32128)")
+    arch = arch_spec(r.model.arch)
+    p += objective_spec(arch.objective).problems(r.objective) + arch.problems(r)
     if r.tokenizer.vocab_size < 64:
         p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: must be at least 64")
     if r.tokenizer.vocab_size > MAX_VOCAB_SIZE:
@@ -324,10 +317,8 @@ def parse_recipe(data: dict, overrides: list[str] = (), base_dir: Path = Path(".
     typed_ok = typed_ok and not problems
     problems += _check_ranges(recipe)
     if typed_ok and not any(p.startswith("model.") for p in problems):
-        from .models import resolve_model_config
-
         try:
-            n_layers = resolve_model_config(recipe, vocab_size=recipe.tokenizer.vocab_size).num_layers
+            n_layers = resolve_model_config(recipe.model, recipe.tokenizer.vocab_size, recipe.train.seq_len).num_layers
         except UserError as e:
             problems += e.problems or [e.message]
             n_layers = None

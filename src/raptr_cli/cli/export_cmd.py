@@ -22,8 +22,6 @@ Examples:
   raptr export runs/demo runs/demo-hf --overwrite --json
 """
 
-_LOADERS = {"BertForMaskedLM": "AutoModelForMaskedLM", "LlamaForCausalLM": "AutoModelForCausalLM"}
-
 
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint directory.", metavar="RUN_DIR")],
@@ -34,13 +32,13 @@ def export(
     json_out: JsonOpt = False,
 ) -> None:
     from ..errors import UserError
-    from ..export import TARGETS, export_hf
+    from ..export import TARGETS, export_hf, hf_loader
 
     if to not in TARGETS:
         raise UserError(f"--to {to!r} is not a known export format", hint=f"Choose one of: {', '.join(TARGETS)}.")
     path = export_hf(run, out, overwrite=overwrite)
     arch = json.loads((path / "config.json").read_text())["architectures"][0]
-    loader = _LOADERS.get(arch, "AutoModel")
+    loader = hf_loader(arch)
     if json_out:
         typer.echo(json.dumps({"out": str(path), "format": to, "architecture": arch,
                                "files": sorted(p.name for p in path.iterdir())}, indent=2))

@@ -1,4 +1,4 @@
-"""The data pipeline: corpus cache, file specs, WordPiece tokenizer, packing, data order, masking.
+"""The data pipeline: corpus cache, file specs, WordPiece tokenizer, packing, data order.
 
 Typical use (the trainer's view)::
 
@@ -8,10 +8,7 @@ Typical use (the trainer's view)::
     blocks = pack_documents(docs, tok, seq_len, cache_root() / "packed")   # (N, seq_len) int32
     train, held = split_blocks(blocks, eval_fraction=0.05, seed=split_seed)   # or split_documents(docs, ...)
     idx = batch_indices(step, batch_size, len(train), seed)   # pure in (seed, step)
-    ids = special_ids(tok)
-    inputs, labels = mask_tokens(train[idx].long(), seed=seed, step=step, mlm_probability=0.15,
-                                 mask_id=ids["mask"], vocab_size=tok.get_vocab_size(),
-                                 special_ids=list(ids.values()))
+    rows = train[idx]                   # the objective (objectives/) turns them into a batch
 
 At scale the trainer does not hold `blocks` in memory: `sources.ensure_store` builds (streaming,
 in N processes, resumably) and memory-maps a token store of the same blocks (store.py,
@@ -29,10 +26,8 @@ from raptr_cli.data.corpus import (
     fetch_corpus,
 )
 from raptr_cli.data.files import DATA_SUFFIXES, load_documents, parse_hf_spec, resolve_data_files
-from raptr_cli.data.masking import IGNORE_INDEX, mask_tokens
 from raptr_cli.data.packing import (
     batch_indices,
-    epoch_of,
     pack_documents,
     seed_for,
     split_blocks,
@@ -43,17 +38,14 @@ from raptr_cli.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids
 __all__ = [
     "BUILTIN_CORPORA",
     "DATA_SUFFIXES",
-    "IGNORE_INDEX",
     "SPECIAL_TOKENS",
     "batch_indices",
     "cache_root",
     "corpus_dir",
     "corpus_files",
-    "epoch_of",
     "fetch_corpus",
     "load_documents",
     "load_tokenizer",
-    "mask_tokens",
     "pack_documents",
     "parse_hf_spec",
     "resolve_data_files",

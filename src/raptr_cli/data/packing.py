@@ -240,8 +240,3 @@ def batch_indices(step: int, batch_size: int, n_blocks: int, seed: int) -> torch
     stream = torch.cat([_epoch_perm(seed, e, n_blocks) for e in range(first, last + 1)])
     offset = start - first * n_blocks
     return stream[offset:offset + batch_size].clone()
-
-
-def epoch_of(step: int, batch_size: int, n_blocks: int) -> float:
-    """Epochs completed after `step` + 1 optimizer steps (for logging)."""
-    return (step + 1) * batch_size / n_blocks

@@ -181,8 +181,11 @@ def special_ids(tok: Tokenizer) -> dict[str, int]:
     return ids  # type: ignore[return-value]
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer.json; UserError if it is unreadable or lacks the BERT specials."""
+def load_tokenizer(path: str | Path,
+                   specials: Callable[[Tokenizer], dict] | None = special_ids) -> Tokenizer:
+    """Load a tokenizer.json; UserError if it is unreadable or lacks the specials that `specials`
+    (an architecture's lookup, BERT's by default; None: no check) requires. The one loader of the
+    house: training, resume, eval, fine-tuning and export all read tokenizers through it."""
     path = Path(path)
     try:
         tok = Tokenizer.from_file(str(path))
@@ -192,9 +195,15 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             hint="Give a `tokenizers` tokenizer.json (as saved in a run folder), "
             "or leave the tokenizer path unset to train one.",
         ) from exc
+    if specials is not None:
+        named_specials(tok, path, specials)
+    return tok
+
+
+def named_specials(tok: Tokenizer, path: str | Path, specials: Callable[[Tokenizer], dict]) -> dict:
+    """`specials(tok)`, its UserError naming the tokenizer file."""
     try:
-        special_ids(tok)
+        return specials(tok)
     except UserError as exc:
         exc.message = f"{path}: {exc.message}"
         raise
-    return tok

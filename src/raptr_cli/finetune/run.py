@@ -12,7 +12,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..models.registry import arch_spec
 from .config import FinetuneConfig, config_dict
 from .heads import classifier_for, encode
 from .loop import Data, Progress, finetune, main_metric
@@ -47,7 +48,7 @@ def load_pretrained(target: Path) -> Pretrained:
     """The model at `target` (run dir -> final/ or its newest checkpoint; or a checkpoint dir)."""
     from ..evaluation import load_model_dir, locate
     from ..recipe import load_recipe
-    from ..train.data_setup import _load as load_tokenizer_for, specials_of  # the one tokenizer loader
+    from ..train.data_setup import load_run_tokenizer, specials_of
 
     run_dir, model_dir = locate(Path(target))
     recipe_path = run_dir / "recipe.toml"
@@ -55,7 +56,7 @@ def load_pretrained(target: Path) -> Pretrained:
         raise UserError(f"{recipe_path} is missing", hint="raptr finetune needs the run directory pretrain wrote.")
     recipe = load_recipe(recipe_path)
     tok_file = model_dir / "tokenizer.json" if (model_dir / "tokenizer.json").is_file() else run_dir / "tokenizer.json"
-    tok = load_tokenizer_for(recipe, tok_file)
+    tok = load_run_tokenizer(recipe, tok_file)
     model = load_model_dir(model_dir, recipe, tok.get_vocab_size())
     m = re.fullmatch(r"step-(\d+)", model_dir.name)
     step = int(m.group(1)) if m else recipe.train.steps
@@ -142,17 +143,13 @@ def save_classifier(model: torch.nn.Module, p: Pretrained, task: Task, path: Pat
     meta = {"num_labels": task.num_labels, "id2label": dict(enumerate(labels)),
             "label2id": {n: i for i, n in enumerate(labels)},
             "problem_type": "regression" if task.kind == "regression" else "single_label_classification"}
-    cfg = p.model_config
-    if p.arch == "bert" and cfg.norm == "post":
-        from ..export import _bert_tokenizer_config
-
-        conf = {**cfg.to_hf_dict(), "architectures": ["BertForSequenceClassification"],
-                "pad_token_id": int(p.specials["pad"]), "torch_dtype": "float32", **meta}
-        tok_conf = _bert_tokenizer_config(p.tokenizer, cfg)
+    cfg, spec = p.model_config, arch_spec(p.arch).finetune
+    hf = spec.hf_configs(cfg, p.tokenizer, p.specials, meta)
+    if hf is not None:
+        conf, tok_conf = hf
         (path / "tokenizer_config.json").write_text(json.dumps(tok_conf, indent=2) + "\n")
     else:
-        conf = {"arch": p.arch, **cfg.to_dict(), "head": "mean-pooled prefix" if p.arch == "ul2" else "pooler",
-                **meta}
+        conf = {"arch": p.arch, **asdict(cfg), "head": spec.head, **meta}
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
     shutil.copyfile(p.tokenizer_file, path / "tokenizer.json")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from raptr_cli.errors import UserError
+from raptr_cli.subnet import Subnet
 
 
 def check_layers(layers: Sequence[int], num_layers: int, key: str = "layers") -> list[int]:
@@ -86,9 +87,16 @@ def grow_by_stacking(model: nn.Module, new_depth: int) -> list[tuple[int, int]]:
 
 
 def resolve_path(layers: Sequence[int] | None, scales: Sequence[float] | None,
-                 num_layers: int) -> tuple[list[int], Sequence[float] | None]:
+                 num_layers: int, subnet: Subnet | None = None) -> tuple[list[int], Sequence[float] | None]:
     """The blocks to run, in order, with their scales: `layers` validated and sorted (None = all),
-    each scale kept with its layer through the sort."""
+    each scale kept with its layer through the sort.
+
+    `subnet` says the same as (layers, scales) in one object, the form the schedule hands over;
+    the two keywords stay for callers that name blocks directly. Both at once is ambiguous."""
+    if subnet is not None:
+        if layers is not None or scales is not None:
+            raise ValueError("pass either subnet= or layers=/scales=, not both")
+        layers, scales = subnet.layers, subnet.scales
     if layers is None:
         if scales is not None and len(scales) != num_layers:
             raise ValueError(f"got {len(scales)} scales for all {num_layers} layers")

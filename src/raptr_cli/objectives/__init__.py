@@ -1,5 +1,55 @@
-"""Pretraining objectives that turn token streams into (input_ids, labels, ...) batches.
+"""Pretraining objectives: token rows -> (input_ids, labels, ...) batches, one registry entry each.
 
-`ul2`: UL2's mixture of denoisers for the decoder-only prefix LM (`models.decoder`);
+`mlm`: BERT's dynamic 80/10/10 masking over packed [CLS] ... [SEP] blocks;
+`ul2`: UL2's mixture of denoisers for the decoder-only prefix LM (`models/ul2`);
 `ul2_tokenizer`: the byte-level BPE with UL2's paradigm and sentinel tokens.
+An architecture names its default objective (`models.registry.ArchSpec.objective`).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import Objective, ObjectiveSpec, objective_spec, register_objective
+from .config import mixture_head_fraction, mixture_problems
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
+
+
+def _mlm() -> Any:
+    from .mlm import MLMObjective
+
+    return MLMObjective
+
+
+def _ul2() -> Any:
+    from .ul2 import UL2Objective
+
+    return UL2Objective
+
+
+# mlm_probability and the 80/10/10 fractions are range-checked by the recipe for every recipe,
+# as they always were; the mixture is checked only where it is used.
+MLM = register_objective(ObjectiveSpec(
+    "mlm", keys=("mlm_probability", "mask_token_frac", "random_token_frac"),
+    head_fraction=lambda o: o.mlm_probability, load=_mlm))
+UL2 = register_objective(ObjectiveSpec(
+    "ul2", keys=("denoisers",), head_fraction=lambda o: mixture_head_fraction(o.denoisers), load=_ul2,
+    problems=lambda o: mixture_problems(o.denoisers, "objective.denoisers")))
+
+
+def objective_spec_for(recipe: Recipe) -> ObjectiveSpec:
+    """The objective of the recipe's architecture."""
+    from ..models.registry import arch_spec
+
+    return objective_spec(arch_spec(recipe.model.arch).objective)
+
+
+def objective_for(recipe: Recipe, specials: dict, vocab_size: int) -> Objective:
+    """The recipe's objective, built for a tokenizer's specials and vocabulary."""
+    cls = objective_spec_for(recipe).load()
+    return cls(recipe.objective, specials, vocab_size, recipe.train.seq_len)
+
+
+__all__ = ["MLM", "UL2", "Objective", "ObjectiveSpec", "objective_for", "objective_spec", "objective_spec_for"]

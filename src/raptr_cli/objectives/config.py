@@ -47,3 +47,30 @@ def default_denoisers() -> list[DenoiserConfig]:
         DenoiserConfig("X-64-r15", "span", 64.0, 0.15, "[NLG]"),
         DenoiserConfig("X-64-r50", "span", 64.0, 0.5, "[NLG]"),
     ]
+
+
+def mixture_problems(denoisers: list[DenoiserConfig | None], key: str) -> list[str]:
+    """Problems with a mixture (each denoiser's, then an empty or all-zero-weight mixture), named
+    by `key` (the recipe's "objective.denoisers")."""
+    den = [d for d in denoisers if d is not None]
+    out = [p for i, d in enumerate(den) for p in d.problems(f"{key}[{i}]")]
+    if not den or sum(d.weight for d in den) <= 0:
+        out.append(f"{key} needs at least one denoiser with weight > 0")
+    return out
+
+
+def mixture_head_fraction(denoisers: list[DenoiserConfig]) -> float:
+    """Expected share of positions that are targets under the mixture (the LM head runs only
+    there): a span denoiser with rate r and mean span mu turns L tokens into 1 + L + 2rL/mu
+    positions of which rL + rL/mu are targets, and the prefix denoiser predicts a share r (an
+    estimate: metrics.jsonl counts the positions that really ran)."""
+    total_w = sum(d.weight for d in denoisers)
+    frac = 0.0
+    for d in denoisers:
+        if d.kind == "prefix":
+            share = d.rate
+        else:
+            spans = d.rate / d.mean_span
+            share = (d.rate + spans) / (1 + 2 * spans)
+        frac += d.weight / total_w * share
+    return frac

@@ -21,14 +21,14 @@ Every draw comes from a generator the caller passes (`corrupt`) or one seeded by
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from raptr_cli.errors import UserError
-from raptr_cli.objectives.config import DenoiserConfig, default_denoisers  # noqa: F401 (re-exported)
+from raptr_cli.objectives.config import DenoiserConfig, default_denoisers, mixture_head_fraction
 
 _SALT = 0x554C32  # "UL2": keeps this stream apart from other (seed, step)-seeded samplers
 
@@ -57,9 +57,6 @@ class UL2Config:
         """Sampling probability of each denoiser, (n_denoisers,)."""
         w = np.array([d.weight for d in self.denoisers], dtype=np.float64)
         return w / w.sum()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------ corruption
@@ -231,3 +228,22 @@ def make_batch(
         "prefix_len": torch.from_numpy(prefix_len),
         "denoiser": torch.from_numpy(choice.astype(np.int64)),
     }
+
+
+class UL2Objective:
+    """`objectives.base.Objective` for the decoder: per-document example rows (-1 padded) -> one
+    `make_batch` each step; a row's group is its denoiser."""
+
+    def __init__(self, section: Any, specials: dict, vocab_size: int, seq_len: int):
+        """section: the recipe's [objective] (its denoisers); specials: `ul2_special_ids`."""
+        self.cfg = UL2Config(list(section.denoisers))
+        self.specials = specials
+        self.seq_len = seq_len
+        self.group_names = [d.name for d in self.cfg.denoisers]
+        self.head_fraction = mixture_head_fraction(self.cfg.denoisers)
+
+    def batch(self, rows: torch.Tensor, seed: int, step: int) -> tuple[dict, torch.Tensor]:
+        examples = [r[r >= 0].tolist() for r in rows]
+        out = make_batch(examples, self.seq_len, seed, step, self.cfg, self.specials)
+        groups = out.pop("denoiser")
+        return out, groups

@@ -20,8 +20,9 @@ from ..data.files import resolve_data_files
 from ..data.packing import split_indices
 from ..data.sources import ALL, Source, documents_part, ensure_store
 from ..data.store import Blocks, TokenStore
-from ..data.tokenizer import load_tokenizer, special_ids, train_wordpiece
+from ..data.tokenizer import load_tokenizer
 from ..errors import UserError
+from ..models.registry import arch_spec
 from ..recipe import Recipe
 
 
@@ -53,28 +54,13 @@ def _blocks_cache(recipe: Recipe) -> Path:
     return path
 
 
-def _load(recipe: Recipe, path: Path):
+def load_run_tokenizer(recipe: Recipe, path: Path):
     """Load a tokenizer.json and check it has the specials this architecture needs."""
-    if recipe.model.arch == "bert":
-        return load_tokenizer(path)
-    from tokenizers import Tokenizer
-
-    from ..objectives.ul2_tokenizer import ul2_special_ids
-
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:
-        raise UserError(f"cannot read tokenizer {path}: {e}", hint="Point tokenizer.path at a tokenizers tokenizer.json.") from None
-    ul2_special_ids(tok)  # raises a UserError naming what is missing
-    return tok
+    return load_tokenizer(path, arch_spec(recipe.model.arch).tokenizer.specials)
 
 
 def specials_of(recipe: Recipe, tok) -> dict:
-    if recipe.model.arch == "bert":
-        return special_ids(tok)
-    from ..objectives.ul2_tokenizer import ul2_special_ids
-
-    return ul2_special_ids(tok)
+    return arch_spec(recipe.model.arch).tokenizer.specials(tok)
 
 
 def _tokenizer_for(recipe: Recipe, source: Source, part: dict) -> object:
@@ -87,22 +73,17 @@ def _tokenizer_for(recipe: Recipe, source: Source, part: dict) -> object:
             path = recipe.base_dir / path
         if not path.is_file():
             raise UserError(f"tokenizer.path: file not found: {path}", hint="Point it at a tokenizer.json, or leave it empty to train one.")
-        return _load(recipe, path)
+        return load_run_tokenizer(recipe, path)
     docs, chosen = source.sample(part, t.train_sample_bytes)
-    kind = "bpe" if recipe.model.arch == "ul2" else "wordpiece"
+    spec = arch_spec(recipe.model.arch).tokenizer
     # v3: keyed by file fingerprints and the sample instead of every document's hash
-    ident = [f"{kind}-v3", t.vocab_size, t.lowercase, t.min_frequency, source.fingerprints, source.text_field,
+    ident = [f"{spec.kind}-v3", t.vocab_size, t.lowercase, t.min_frequency, source.fingerprints, source.text_field,
              part, chosen]
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
     cached = _blocks_cache(recipe) / "tokenizers" / f"{h.hexdigest()[:24]}.json"
     if cached.is_file():
-        return _load(recipe, cached)
-    if kind == "bpe":
-        from ..objectives.ul2_tokenizer import train_bpe
-
-        tok = train_bpe(docs, vocab_size=t.vocab_size, min_frequency=t.min_frequency)
-    else:
-        tok = train_wordpiece(docs, vocab_size=t.vocab_size, lowercase=t.lowercase, min_frequency=t.min_frequency)
+        return load_run_tokenizer(recipe, cached)
+    tok = spec.train(docs, t)
     cached.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tok-", suffix=".tmp", dir=cached.parent)  # unique: processes may race
     os.close(fd)
@@ -115,11 +96,12 @@ def eval_size_warnings(recipe: Recipe, evals) -> list[str]:
     """A warning when the eval set holds fewer tokens than one eval batch (train.batch_size rows of
     train.seq_len): it then scores fewer predicted positions (tokens x the masking/target share)
     than a single full batch would, so its loss is too noisy to compare runs or stages by. The
-    share is the same on both sides, so the threshold is in tokens; UL2's padded rows count only
-    their real tokens."""
+    share is the same on both sides, so the threshold is in tokens; padded rows (the "examples"
+    layout) count only their real tokens."""
     t = recipe.train
-    # bert blocks are full; UL2's padded rows are read (an eval split is small)
-    tokens = int((torch.as_tensor(evals[:]) >= 0).sum()) if recipe.model.arch == "ul2" else len(evals) * t.seq_len
+    # "bert" blocks are full; padded rows are read (an eval split is small)
+    padded = arch_spec(recipe.model.arch).layout == "examples"
+    tokens = int((torch.as_tensor(evals[:]) >= 0).sum()) if padded else len(evals) * t.seq_len
     batch = t.batch_size * t.seq_len
     if tokens >= batch:
         return []
@@ -132,11 +114,13 @@ def eval_size_warnings(recipe: Recipe, evals) -> list[str]:
 
 
 def _store_specials(recipe: Recipe, tok) -> tuple[int, int]:
-    """([CLS], [SEP]) ids for the "bert" packing; UL2's examples layout uses none."""
-    if recipe.model.arch != "bert":
+    """The ids that open and close each block of the "bert" packing ([CLS], [SEP]); (0, 0) for a
+    layout without a frame."""
+    spec = arch_spec(recipe.model.arch)
+    if spec.frame is None:
         return 0, 0
-    ids = special_ids(tok)
-    return ids["cls"], ids["sep"]
+    ids = spec.tokenizer.specials(tok)
+    return ids[spec.frame[0]], ids[spec.frame[1]]
 
 
 def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Path | None = None,
@@ -153,7 +137,7 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
     missing store (default: the CPU count, up to 8); `progress` receives the builder's dicts.
     """
     d, seq_len = recipe.data, recipe.train.seq_len
-    layout = "examples" if recipe.model.arch == "ul2" else "bert"
+    layout = arch_spec(recipe.model.arch).layout
     if seq_len < 3:  # before any tokenising (pack_documents' check)
         raise UserError(f"`train.seq_len` = {seq_len} is too short.",
                         hint="A block is [CLS] tokens [SEP]: seq_len must be at least 3 (128-512 is typical).")
@@ -167,7 +151,7 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
                             num_proc=n, progress=progress)
 
     if eval_only and d.eval and tokenizer_file:
-        tok = _load(recipe, tokenizer_file)
+        tok = load_run_tokenizer(recipe, tokenizer_file)
         ev = store(Source(resolve_data_files(d.eval, recipe.base_dir, "data.eval"), d.text_field), ALL, tok,
                    "data.eval")
         evals = ev.view()
@@ -181,7 +165,7 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
     if next(source.documents(), None) is None:  # reads one document: the check load_documents made
         raise UserError("The data holds no non-empty document.", hint="Check the recipe's data files and text field.",
                         problems=[str(source.files)] if isinstance(source.files, str) else [str(f) for f in source.files[:5]])
-    tok = _load(recipe, tokenizer_file) if tokenizer_file else _tokenizer_for(recipe, source, part)
+    tok = load_run_tokenizer(recipe, tokenizer_file) if tokenizer_file else _tokenizer_for(recipe, source, part)
     blocks = store(source, part, tok, "data.train")
     if d.eval:
         eval_source = Source(resolve_data_files(d.eval, recipe.base_dir, "data.eval"), d.text_field)

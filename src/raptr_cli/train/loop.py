@@ -15,6 +15,7 @@ from ..data.corpus import sha256_file
 from ..errors import UserError
 from ..models import build_model, resolve_model_config
 from ..models.common import grow_by_stacking
+from ..objectives import objective_for
 from ..planning import effective_precision, model_dims
 from ..recipe import Recipe
 from ..schedule import Plan, build_plan, method_class
@@ -28,7 +29,6 @@ from .prefetch import Prefetcher
 from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
 from .stage_stats import StageTracker
 from .state import TrainState
-from .objective import objective_for
 from .stopping import StopSignals
 from .step import evaluate, forward_backward, step_seed, sync_gradients, train_batch
 from .throughput import Throughput, device_peak, peak_rss_mb

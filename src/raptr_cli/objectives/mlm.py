@@ -1,4 +1,5 @@
-"""BERT's dynamic masking (Devlin et al. 2019, sec. 3.1), reproducible from (seed, step).
+"""BERT's masked-LM objective: dynamic masking (Devlin et al. 2019, sec. 3.1), reproducible from
+(seed, step), over packed [CLS] ... [SEP] blocks.
 
 Of the non-special positions, each is chosen for prediction with probability
 `mlm_probability`; a chosen position becomes [MASK] with prob. 0.8, a random token with 0.1,
@@ -12,6 +13,7 @@ every data-parallel rank, a resumed run and a test get the same masks, on any de
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -73,3 +75,20 @@ def mask_tokens(
     inputs = torch.where(to_random, random_ids, inputs)
     labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
     return inputs.to(device), labels.to(device)
+
+
+class MLMObjective:
+    """`objectives.base.Objective` for BERT: a block of token ids -> (masked ids, labels); no groups."""
+
+    def __init__(self, section: Any, specials: dict, vocab_size: int, seq_len: int):
+        """section: the recipe's [objective]; specials: `data.tokenizer.special_ids` of the tokenizer
+        (none of them is ever chosen or inserted); seq_len: unused, the blocks are already packed."""
+        self.group_names: list[str] = []
+        self.head_fraction = section.mlm_probability
+        self.kw = dict(mlm_probability=section.mlm_probability, mask_id=specials["mask"], vocab_size=vocab_size,
+                       special_ids=sorted({v for v in specials.values() if isinstance(v, int)}),
+                       mask_token_frac=section.mask_token_frac, random_token_frac=section.random_token_frac)
+
+    def batch(self, rows: torch.Tensor, seed: int, step: int) -> tuple[dict, None]:
+        inputs, labels = mask_tokens(rows.long(), seed=seed, step=step, **self.kw)
+        return {"input_ids": inputs, "labels": labels}, None

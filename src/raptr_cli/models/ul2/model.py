@@ -10,7 +10,8 @@ for fully causal input, gives the same logits. The differences from Llama:
   and causally over the rest, as UL2's decoder-only models (Tay et al. 2022, Sec. 3.2);
 - labels are already aligned (label[t] is what position t predicts; the UL2 objective builds
   them), so the model does no shifting, and the head runs only on labelled positions;
-- `forward(layers=..., scales=...)`: the RaPTr hook. Blocks not listed are not executed at all.
+- `forward(subnet=...)` (or its fields as `layers=`, `scales=`): the progressive-training hook.
+  Blocks not listed are not executed at all.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raptr_cli.models.common import branch_scale, gather_labelled, resolve_path
-from raptr_cli.models.presets import UL2_PRESETS, DecoderConfig  # noqa: F401  (re-exported)
+from raptr_cli.models.ul2.config import DecoderConfig
+from raptr_cli.subnet import Subnet
 
 
 @dataclass
@@ -156,7 +158,7 @@ class DecoderModel(nn.Module):
 
 
 class DecoderForPrefixLM(nn.Module):
-    """Prefix-LM decoder + LM head; `forward(layers=...)` runs only the listed blocks."""
+    """Prefix-LM decoder + LM head; `forward(subnet=...)` runs only the subnet's blocks."""
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -195,16 +197,17 @@ class DecoderForPrefixLM(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor, prefix_len: torch.Tensor | None = None, *,
                       layers: Sequence[int] | None = None,
-                      scales: Sequence[float] | None = None) -> torch.Tensor:
+                      scales: Sequence[float] | None = None,
+                      subnet: Subnet | None = None) -> torch.Tensor:
         """Final (normed) hidden states (B, T, d): what the LM head and a fine-tuning head read.
 
-        prefix_len, layers, scales: as `forward`.
+        prefix_len, layers, scales, subnet: as `forward`.
         """
         T = input_ids.shape[1]
         if T > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
-        order, scales = resolve_path(layers, scales, len(self.blocks))
+        order, scales = resolve_path(layers, scales, len(self.blocks), subnet)
 
         x = self.model.embed_tokens(input_ids)  # (B, T, d)
         cos, sin = rotary_cos_sin(T, self.config.hidden_size // self.config.num_heads,
@@ -222,6 +225,7 @@ class DecoderForPrefixLM(nn.Module):
         *,
         layers: Sequence[int] | None = None,
         scales: Sequence[float] | None = None,
+        subnet: Subnet | None = None,
         label_index: torch.Tensor | None = None,
     ) -> LMOutput:
         """input_ids, labels: (B, T) long; prefix_len: (B,) long, or None for a plain causal LM.
@@ -229,11 +233,12 @@ class DecoderForPrefixLM(nn.Module):
         labels[b, t] is the token position t predicts (-100 = no loss there); no shifting here.
         layers: blocks to run this step (None = all); the others are not executed.
         scales: one per entry of `layers` (None = all 1), applied to each residual branch (`DecoderLayer`).
+        subnet: layers and scales as one `Subnet` (what the schedule draws); not with either of them.
         label_index: `models.common.labelled_index(labels)` when the caller has it (computed on the
             host, it spares the forward a device->host sync).
         """
         B, T = input_ids.shape
-        x = self.hidden_states(input_ids, prefix_len, layers=layers, scales=scales)  # (B, T, d)
+        x = self.hidden_states(input_ids, prefix_len, layers=layers, scales=scales, subnet=subnet)  # (B, T, d)
         if labels is None:
             return LMOutput(loss=None, logits=self.lm_head(x), n_predictions=B * T)
         # Head only where there is a target: in a UL2 batch the inputs (often > half of each row)

@@ -1,107 +1,15 @@
-"""Architecture configs and size presets, importable without torch (so `raptr flops` and
-`--dry-run` validation stay fast)."""
+"""The UL2 decoder's architecture config, size presets and analytic counts, importable without
+torch (so `raptr flops` and `--dry-run` validation stay fast)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..errors import UserError
+from ...errors import UserError
 
-
-@dataclass
-class BertConfig:
-    """Architecture of a BERT masked-LM model (field names mirror HF's `BertConfig` where one exists)."""
-
-    vocab_size: int = 30522
-    """Tokenizer vocabulary size (rows of the word embedding and of the tied decoder)."""
-    hidden_size: int = 768
-    """Model width d."""
-    num_layers: int = 12
-    """Number of transformer blocks L (HF: `num_hidden_layers`)."""
-    num_heads: int = 12
-    """Attention heads; must divide `hidden_size` (HF: `num_attention_heads`)."""
-    intermediate_size: int = 3072
-    """MLP inner width d_ff."""
-    max_position_embeddings: int = 512
-    """Longest sequence the learned position table supports."""
-    type_vocab_size: int = 2
-    """Number of segment (token type) ids."""
-    hidden_dropout: float = 0.1
-    """Dropout on embeddings and on each residual branch output (HF: `hidden_dropout_prob`)."""
-    attention_dropout: float = 0.1
-    """Dropout on attention probabilities, training only (HF: `attention_probs_dropout_prob`)."""
-    layer_norm_eps: float = 1e-12
-    """LayerNorm epsilon (BERT uses 1e-12)."""
-    norm: str = "post"
-    """"post" (original BERT, HF-exportable), "pre" (pre-LN, adds a final LayerNorm) or "none" (no
-    LayerNorm in the blocks nor after them; embedding and MLM-head LayerNorms kept: an ablation)."""
-    residual: bool = True
-    """Residual connections around both sublayers; False is an ablation (`raptr analyze stability`)."""
-    pad_token_id: int = 0
-    """Padding token id; its embedding row starts at zero and gets no embedding gradient."""
-    initializer_range: float = 0.02
-    """Std of the normal init of Linear and Embedding weights."""
-
-    def problems(self) -> list[str]:
-        """Every invalid field, as messages naming it (empty when the config is usable)."""
-        out: list[str] = []
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
-            if getattr(self, name) < 1:
-                out.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.num_heads >= 1 and self.hidden_size % self.num_heads:
-            out.append(f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
-                       f"({self.num_heads})")
-        for name in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                out.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
-        if self.norm not in ("post", "pre", "none"):
-            out.append(f'norm must be "post", "pre" or "none" (got {self.norm!r})')
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            out.append(f"pad_token_id ({self.pad_token_id}) must be in 0..vocab_size-1")
-        return out
-
-    def __post_init__(self) -> None:
-        if found := self.problems():
-            raise UserError("invalid BERT model config", hint="Fix the listed model keys.",
-                            problems=found)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: object) -> BertConfig:
-        """A preset from `BERT_PRESETS` with `overrides` applied on top."""
-        if name not in BERT_PRESETS:
-            raise UserError(f"unknown BERT preset {name!r}",
-                            hint=f"Choose one of: {', '.join(BERT_PRESETS)}.")
-        return cls(**{**BERT_PRESETS[name], **overrides})
-
-    def to_hf_dict(self) -> dict[str, object]:
-        """Keys of a transformers `BertConfig` (config.json) describing the same post-LN model."""
-        return {
-            "architectures": ["BertForMaskedLM"], "model_type": "bert",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
-            "intermediate_size": self.intermediate_size, "hidden_act": "gelu",
-            "hidden_dropout_prob": self.hidden_dropout,
-            "attention_probs_dropout_prob": self.attention_dropout,
-            "max_position_embeddings": self.max_position_embeddings,
-            "type_vocab_size": self.type_vocab_size, "layer_norm_eps": self.layer_norm_eps,
-            "pad_token_id": self.pad_token_id, "initializer_range": self.initializer_range,
-        }
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-# Sizes from Turc et al. 2019 ("Well-Read Students", the BERT-tiny..medium family) and Devlin et
-# al. 2019 (base, large); d_ff = 4d and head size 64 except tiny/mini.
-BERT_PRESETS: dict[str, dict] = {
-    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
-    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
-    "small": dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
-    "medium": dict(num_layers=8, hidden_size=512, num_heads=8, intermediate_size=2048),
-    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
-    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
-}
+if TYPE_CHECKING:
+    from ...flops import Dims
 
 
 @dataclass
@@ -184,9 +92,6 @@ class DecoderConfig:
             "initializer_range": self.initializer_range,
         }
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
 
 # Decoder sizes: head size 64 from "small" up (tiny: 32); d_ff ~ 8/3 d rounded up to a multiple
 # of 32 (Llama's SwiGLU sizing, which keeps MLP FLOPs ~ a 4d GELU MLP). "1b6" is the depth and
@@ -201,3 +106,20 @@ UL2_PRESETS: dict[str, dict] = {
     "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=2048),
     "1b6": dict(num_layers=24, hidden_size=2048, num_heads=16, intermediate_size=5632),
 }
+
+
+def param_count(cfg: DecoderConfig) -> dict[str, int]:
+    """Analytic parameter count of the UL2 decoder (Llama layout, no biases)."""
+    h, f, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
+    block = 4 * h * h + 3 * h * f + 2 * h  # q,k,v,o + gate,up,down + two RMSNorms
+    head = 0 if cfg.tie_embeddings else V * h
+    total = V * h + L * block + h + head
+    return {"total": total, "non_embedding": total - V * h - head, "per_layer": block}
+
+
+def dims(cfg: DecoderConfig, seq_len: int) -> Dims:
+    """The sizes the FLOPs count reads: a SwiGLU MLP (three matrices), a bare linear head."""
+    from ...flops import Dims  # lazy: flops imports the schedule, which this config must not need
+
+    return Dims(hidden=cfg.hidden_size, ffn=cfg.intermediate_size, vocab=cfg.vocab_size,
+                n_layers=cfg.num_layers, seq_len=seq_len, ffn_matrices=3, head_transform=False)

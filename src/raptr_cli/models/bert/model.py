@@ -5,8 +5,9 @@ GELU, MLM head = dense -> GELU -> LayerNorm -> decoder tied to the word embeddin
 separate output bias), so `model.state_dict()` loads 1:1 into `transformers.BertForMaskedLM`
 and gives the same logits. Two deliberate additions:
 
-- `forward(layers=..., scales=...)`: the one hook RaPTr needs. Blocks not listed are not
-  executed at all (identity through the residual); that is where the compute saving comes from.
+- `forward(subnet=...)` (or its two fields as `layers=`, `scales=`): the one hook progressive
+  training needs. Blocks not listed are not executed at all (identity through the residual); that
+  is where the compute saving comes from.
 - `norm="pre"`: pre-LN variant with no HF equivalent. It reuses the post-LN parameter names
   (`attention.output.LayerNorm` normalises the attention input, `output.LayerNorm` the MLP
   input) and adds `bert.encoder.final_layer_norm` after the last block. Such a checkpoint loads
@@ -20,15 +21,15 @@ and gives the same logits. Two deliberate additions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raptr_cli.errors import UserError
+from raptr_cli.models.bert.config import BertConfig
 from raptr_cli.models.common import branch_scale, gather_labelled, resolve_path
-from raptr_cli.models.presets import BERT_PRESETS, BertConfig  # noqa: F401  (re-exported)
+from raptr_cli.subnet import Subnet
 
 
 @dataclass
@@ -175,12 +176,12 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *, layers: Sequence[int] | None = None,
-                scales: Sequence[float] | None = None) -> torch.Tensor:
+                scales: Sequence[float] | None = None, subnet: Subnet | None = None) -> torch.Tensor:
         """Final hidden states (B, T, d): what the MLM head and a fine-tuning pooler read.
 
-        layers / scales: as `BertForMaskedLM.forward` (None = every block, unscaled).
+        subnet / layers / scales: as `BertForMaskedLM.forward` (None = every block, unscaled).
         """
-        order, scales = resolve_path(layers, scales, len(self.encoder.layer))
+        order, scales = resolve_path(layers, scales, len(self.encoder.layer), subnet)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, d)
         mask = None  # None keeps SDPA on its fastest kernel
         if attention_mask is not None:
@@ -223,7 +224,7 @@ class BertOnlyMLMHead(nn.Module):
 
 
 class BertForMaskedLM(nn.Module):
-    """BERT + MLM head; `forward(layers=...)` runs only the listed blocks."""
+    """BERT + MLM head; `forward(subnet=...)` runs only the subnet's blocks."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -275,12 +276,14 @@ class BertForMaskedLM(nn.Module):
         *,
         layers: Sequence[int] | None = None,
         scales: Sequence[float] | None = None,
+        subnet: Subnet | None = None,
         label_index: torch.Tensor | None = None,
     ) -> MLMOutput:
         """input_ids, attention_mask ({0,1}), token_type_ids, labels: (B, T) integer tensors.
 
         layers: blocks to run this step (None = all); the others are not executed.
         scales: one per entry of `layers` (None = all 1), see `BertLayer.forward`.
+        subnet: layers and scales as one `Subnet` (what the schedule draws); not with either of them.
         label_index: `models.common.labelled_index(labels)` when the caller has it (computed on the
             host, it spares the forward a device->host sync).
         """
@@ -288,7 +291,8 @@ class BertForMaskedLM(nn.Module):
         if T > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
-        x = self.bert(input_ids, attention_mask, token_type_ids, layers=layers, scales=scales)  # (B, T, d)
+        x = self.bert(input_ids, attention_mask, token_type_ids, layers=layers, scales=scales,
+                      subnet=subnet)  # (B, T, d)
 
         head = self.cls.predictions
         if labels is None:

@@ -71,10 +71,10 @@ def train_and_report(r, out_dir: Path, console, resume: bool = False, overwrite:
     try:
         result = run_recipe(r, out_dir, resume, overwrite, console, memory_check=not ignore_memory)
     except RunStopped as e:
-        if e.speaks:
-            interrupted = e.reason == "interrupted"
+        interrupted = e.reason == "interrupted"
+        if e.speaks:  # an interruption is asked for: a warning, unless the console prints errors only
             console.warn(e.message) if interrupted and r.log.console != "none" else console.error(e.message)
-        raise typer.Exit(130 if e.reason == "interrupted" else 1) from None
+        raise typer.Exit(130 if interrupted else 1) from None
     if result.trained and result.main_process:
         console.note(f"outputs in {out_dir}/ (metrics.jsonl, checkpoints/, final/)")
 

@@ -1,9 +1,10 @@
 """What a run counts as it trains, saved in every checkpoint's trainer_state.json.
 
 The JSON keys are the field names in field order, the order runs have always written them
-(`checkpoint.state_problems` validates them on load); `skipped_steps` appears once a step was
-skipped. A checkpoint of an older run may lack any key but `step`: the trainer keeps its start
-value for those.
+(`checkpoint.state_problems` validates them on load); `skipped_steps` appears, last, once a step
+was skipped (the dict this replaced put it before last_loss when the very first step was skipped).
+A checkpoint of an older run may lack any key but `step`: the trainer keeps its start value for
+those.
 """
 
 from __future__ import annotations

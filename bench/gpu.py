@@ -56,7 +56,7 @@ except ImportError:  # a device machine with the working tree but raptr not inst
 from gpu_steps import measure  # noqa: E402
 from gpu_table import print_table, table  # noqa: E402
 
-from raptr_cli.train.loop import device_peak  # noqa: E402
+from raptr_cli.train.throughput import device_peak  # noqa: E402
 
 
 @dataclass

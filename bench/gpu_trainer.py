@@ -125,7 +125,8 @@ def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int,
     setup_s = time.perf_counter() - t0
     log(f"  trainer: {recipe.run.name}, {steps} steps of {batch} x {seq_len}, "
         f"{'compiled' if compiled else 'eager'}, data ready in {setup_s:.1f} s")
-    state = trainer.run()
+    trainer.run()
+    steps_done, state = trainer.step, trainer.state
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     precision = trainer.precision
     plan = describe_run(recipe, vocab_size=trainer.data.vocab_size, meta_model=True,
@@ -140,13 +141,13 @@ def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int,
     steady = [r for r in train_rows if r["step"] > max(log_every, steps // 16)]
     return {
         "recipe": str(RECIPE.relative_to(REPO)), "overrides": sets, "precision": precision,
-        "steps": state["step"], "setup_s": setup_s, "wall_s": time.perf_counter() - t0,
+        "steps": steps_done, "setup_s": setup_s, "wall_s": time.perf_counter() - t0,
         # the median window: robust to a window that also compiled a block (a long step that
         # would pull a time-weighted mean down); the weighted and whole-run figures are beside it
         "data_share": statistics.median(r["data_share"] for r in steady) if steady else None,
         "data_share_weighted": _weighted(steady, "data_share"),
         "data_share_stages": [r["data_share"] for r in stage_ends],
-        "data_share_run": state.get("data_s", 0.0) / max(state.get("train_s", 0.0), 1e-9),
+        "data_share_run": state.data_s / max(state.train_s, 1e-9),
         "mfu": statistics.median(r["mfu"] for r in steady) if steady and "mfu" in steady[0] else None,
         "tokens_per_s_stages": {f"{r['path_length']:g}": r["tokens_per_s"] for r in stage_ends},
         "peak_memory_gib": peak, "estimate_gib": plan["memory"]["total_gib"], "estimate": plan["memory"],

@@ -6,10 +6,11 @@ What each architecture becomes is its registry entry's `HFExport` (models/<arch>
 Tied copies are left out of the weights, as HF saves them (HF's `_tied_weights_keys`), so every
 transformers version re-ties them in the right direction (embedding -> head).
 
-Output, written to a temporary sibling directory and renamed into place (a directory that exists
-under OUT is complete): model.safetensors (HF key names, tied copies left out so HF re-ties them),
-config.json, tokenizer.json (copied byte for byte), tokenizer_config.json, special_tokens_map.json.
-Nothing here imports transformers: it is only a dev dependency, and the files are plain JSON.
+Output, written by `atomic.atomic_dir` (a temporary sibling directory renamed into place: a
+directory that exists under OUT is complete; an existing OUT is replaced only then):
+model.safetensors (HF key names, tied copies left out so HF re-ties them), config.json,
+tokenizer.json (copied byte for byte), tokenizer_config.json, special_tokens_map.json. Nothing
+here imports transformers: it is only a dev dependency, and the files are plain JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from .atomic import atomic_dir
 from .data.tokenizer import load_tokenizer, named_specials
 from .errors import UserError
 from .evaluation import locate
@@ -76,11 +78,7 @@ def export_hf(target: Path, out_dir: Path, overwrite: bool = False) -> Path:
     tensors = {k: v.detach().to(torch.float32).contiguous().clone()
                for k, v in model.state_dict().items() if k not in drop}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir, out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}") as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", hf_config)
         shutil.copyfile(tok_file, tmp / "tokenizer.json")
@@ -89,9 +87,6 @@ def export_hf(target: Path, out_dir: Path, overwrite: bool = False) -> Path:
                     {k: v for k, v in tok_config.items()  # not add_bos_token/add_eos_token
                      if (k.endswith("_token") and not k.startswith("add_"))
                      or k == "additional_special_tokens"})
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -164,22 +159,6 @@ def _tokenizer_file(run_dir: Path, model_dir: Path) -> Path:
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished `tmp` to `out_dir`. An existing OUT (empty, or --overwrite) is renamed
-    aside first and deleted after, so OUT is never a half-written export."""
-    for f in tmp.iterdir():  # data on disk before the rename makes it visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["TARGETS", "export_hf", "hf_loader"]

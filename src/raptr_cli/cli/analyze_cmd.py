@@ -113,18 +113,19 @@ def stability(
 
 
 def _train(recipe: Path, run_dir: Path, say) -> None:
-    """Train one sweep model through `raptr pretrain`, reusing a finished run of the same recipe."""
+    """Train one sweep model as `raptr pretrain` does (train_and_report), reusing a finished run of the same recipe."""
     from ..recipe import load_recipe
     from .compare_cmd import _reusable
-    from .pretrain_cmd import pretrain
+    from .pretrain_cmd import run_console, train_and_report
 
-    reuse = _reusable(recipe, load_recipe(recipe), run_dir)
+    r = load_recipe(recipe)
+    reuse = _reusable(recipe, r, run_dir)
     if reuse == "finished":
         say(f"reusing {run_dir} (delete it to retrain)")
         return
     t = time.perf_counter()
     resume = reuse == "partial"  # continue an interrupted sweep model from its checkpoint
-    pretrain(recipe, out=run_dir, set_=[], resume=resume, overwrite=not resume, dry_run=False, json_out=False)
+    train_and_report(r, run_dir, run_console(r)[0], resume=resume, overwrite=not resume)
     say(f"trained {run_dir} in {time.perf_counter() - t:.1f} s")
 
 

@@ -146,7 +146,7 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
     from ..errors import UserError
     from ..planning import describe_run
     from ..recipe import load_recipe
-    from .pretrain_cmd import pretrain
+    from .pretrain_cmd import run_console, train_and_report
 
     loaded = [(p, load_recipe(p, sets)) for p in recipes]  # validate every recipe before any training
     if not allow_mixed:
@@ -177,10 +177,9 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
     dirs = []
     for path, run_dir, job_sets, reuse in todo:
         if reuse != "finished":
-            console = ["log.console=none"] if quiet else []
+            r = load_recipe(path, [*job_sets, *(["log.console=none"] if quiet else [])])
             resume = reuse == "partial"  # an interrupted run of this recipe continues from its checkpoint
-            pretrain(path, out=run_dir, set_=[*job_sets, *console], resume=resume, overwrite=not resume,
-                     dry_run=False, json_out=False)
+            train_and_report(r, run_dir, run_console(r)[0], resume=resume, overwrite=not resume)
         dirs.append(run_dir)
     return dirs
 

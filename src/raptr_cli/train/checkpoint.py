@@ -5,26 +5,26 @@ BERT's tied embedding/decoder), config.json (architecture), optimizer.pt (AdamW 
 weights_only=True), trainer_state.json (step, depth, counters, world size). Everything else a
 resume needs (data order, masks, layer paths, dropout seeds) is a pure function of (seed, step).
 
-Written to a hidden temporary directory, fsynced, then renamed: a kill mid-save leaves the
-previous checkpoint untouched and no half-written directory under a real name. A save that fails
-removes its temporary; on a full disk it raises `DiskFull`, saying which checkpoint is intact.
+Written by `atomic.atomic_dir` (a hidden temporary directory, fsynced, then renamed), as final/ is:
+a kill mid-save leaves the previous checkpoint untouched and no half-written directory under a real
+name. A save that fails removes its temporary; on a full disk it raises `DiskFull`, saying which
+checkpoint is intact.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
 
+from ..atomic import Translate, atomic_dir
 from ..data.corpus import sha256_file
 from ..errors import UserError
 
@@ -64,32 +64,15 @@ def intact_checkpoint(root: Path) -> str:
     return f"previous checkpoint step {int(found[-1].name[len(PREFIX):])} is intact ({found[-1]})"
 
 
-@contextlib.contextmanager
-def writing(tmp: Path, target: Path, root: Path) -> Iterator[None]:
-    """Guard the writes into temporary directory `tmp` (renamed to `target` afterwards): on any
-    failure remove `tmp` (a half-written copy would keep a full disk full); a full disk becomes
-    DiskFull naming `target` and the newest complete checkpoint of the run at `root`."""
-    try:
-        yield
-    except BaseException as e:
-        full = isinstance(e, Exception) and is_disk_full(e, tmp if tmp.exists() else root)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not full:
-            raise
-        raise DiskFull(f"disk full at {target}, {intact_checkpoint(root)}; the partial copy was removed. "
-                       "Free space, then continue the run with --resume.") from e
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _disk_full_at(target: Path, root: Path) -> Translate:
+    """For `atomic_dir`: a write of `target` that ran out of space becomes DiskFull, naming the
+    newest complete checkpoint of the run at `root`."""
+    def translate(e: BaseException, tmp: Path) -> BaseException | None:
+        if not is_disk_full(e, tmp if tmp.exists() else root):
+            return None
+        return DiskFull(f"disk full at {target}, {intact_checkpoint(root)}; the partial copy was removed. "
+                        "Free space, then continue the run with --resume.")
+    return translate
 
 
 def write_model_dir(path: Path, model: torch.nn.Module, arch: str, extra: dict | None = None) -> None:
@@ -105,11 +88,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer_state: dict, state: 
     ckpts = root / "checkpoints"
     final = ckpts / f"{PREFIX}{step:07d}"
     tmp = ckpts / f".tmp-{PREFIX}{step:07d}-{os.getpid()}"
-    with writing(tmp, final, root):
-        ckpts.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+    with atomic_dir(final, tmp, _disk_full_at(final, root)):  # re-saving a step (after a resume) replaces it
         write_model_dir(tmp, model, arch)
         torch.save(optimizer_state, tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
@@ -117,17 +96,22 @@ def save_checkpoint(root: Path, step: int, model, optimizer_state: dict, state: 
         # are caught at load (hashing costs about 1 s per GB)
         manifest = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in tmp.iterdir()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. after a resume): replace it atomically enough
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpts)
     if keep > 0:
         for old in list_checkpoints(root)[:-keep]:
             # rename first: a kill mid-delete must not leave a half-deleted dir under a real name
             doomed = ckpts / f".tmp-delete-{old.name}"
             os.replace(old, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+    return final
+
+
+def save_final(root: Path, model: torch.nn.Module, arch: str) -> Path:
+    """root/final: the finished model with the run's tokenizer.json, what `raptr eval`, `export` and
+    `finetune` read."""
+    final = root / "final"
+    with atomic_dir(final, root / ".final.tmp", _disk_full_at(final, root)) as tmp:
+        write_model_dir(tmp, model, arch)
+        shutil.copyfile(root / "tokenizer.json", tmp / "tokenizer.json")
     return final
 
 
@@ -145,6 +129,19 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def pick_resume_checkpoint(out: Path) -> Path:
+    """The newest complete checkpoint; a corrupted one is reported with the previous one offered."""
+    found = list_checkpoints(out)
+    try:
+        read_state(found[-1])
+    except UserError as e:
+        if len(found) > 1:
+            e.hint = (f"The previous complete checkpoint is {found[-2]}: move {found[-1]} out of "
+                      f"{out / 'checkpoints'} and run with --resume again.")
+        raise
+    return found[-1]
 
 
 def read_state(ckpt: Path) -> dict:

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import UserError
 from ..recipe import Recipe
+from .state import TrainState
 
 KEY = "data_fingerprint"
 
@@ -30,15 +31,15 @@ def data_fingerprint(train: torch.Tensor, eval_: torch.Tensor) -> str:
     return h.hexdigest()[:24]
 
 
-def check_same_data(ckpt: Path, saved: dict, now: dict, recipe: Recipe) -> str | None:
-    """Refuse to resume from `ckpt` (trainer state `saved`) on data other than `now`'s.
+def check_same_data(ckpt: Path, saved: dict, now: TrainState, recipe: Recipe) -> str | None:
+    """Refuse to resume from `ckpt` (trainer state `saved`) on data other than this run's (`now`).
 
     Checkpoints written before fingerprints existed carry only the block counts: those are compared
     and a note saying so is returned (the resumed run's own checkpoints carry the fingerprint).
     """
     d = recipe.data
     named = f"data.train = {d.train}" + (f", data.eval = {d.eval}" if d.eval else "")
-    blocks_then, blocks_now = saved.get("data_blocks"), now["data_blocks"]
+    blocks_then, blocks_now = saved.get("data_blocks"), now.data_blocks
     if saved.get(KEY) is None:
         if blocks_then is not None and blocks_then != blocks_now:
             raise UserError(
@@ -49,10 +50,10 @@ def check_same_data(ckpt: Path, saved: dict, now: dict, recipe: Recipe) -> str |
         return (f"{ckpt} predates data fingerprints: only the block counts of {named} were checked "
                 "(a reordered or edited file with as many blocks would go unnoticed); this run's new "
                 "checkpoints record the fingerprint")
-    if saved[KEY] != now[KEY]:
+    if saved[KEY] != now.data_fingerprint:
         raise UserError(
             f"--resume: the training data changed since {ckpt} was written: {named} now packs into other "
-            f"token blocks (data fingerprint {saved[KEY]} then, {now[KEY]} now; "
+            f"token blocks (data fingerprint {saved[KEY]} then, {now.data_fingerprint} now; "
             f"{blocks_then[0] if blocks_then else '?'} / {blocks_now[0]} train blocks), so the resumed run "
             "would see different batches than the run it continues",
             hint="Put back the files the run was started with (named in OUT/recipe.toml, same content and "

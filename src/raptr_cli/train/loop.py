@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,29 +27,12 @@ from .rundir import prepare_out_dir, resolved_toml, write_recipe  # noqa: F401 (
 from .optim import build_optimizer, lr_factor, warmup_steps_of
 from .prefetch import Prefetcher
 from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
+from .stage_stats import StageTracker
+from .state import TrainState
 from .stopping import StopSignals
 from .step import evaluate, forward_backward, step_seed, sync_gradients, train_batch
+from .throughput import Throughput, device_peak, peak_rss_mb
 from .width import masked_update
-
-
-
-def device_peak(device: torch.device, precision: str) -> float | None:
-    """Dense peak FLOP/s of this GPU for MFU, from the datasheet table; None on CPU/unknown GPUs."""
-    if device.type != "cuda":
-        return None
-    from ..budget import GPU_PEAKS
-
-    import re
-
-    words = set(re.split(r"[^a-z0-9]+", torch.cuda.get_device_name(device).lower()))
-    if "nvl" in words:  # H100 NVL has its own clocks: no table entry, so no MFU rather than a wrong one
-        return None
-    for key in sorted(GPU_PEAKS, key=len, reverse=True):  # "h100-pcie" before "h100"
-        base, *variant = key.split("-")
-        # whole words only: "L40S" must not match "l4"
-        if base in words and ("pcie" in words) == ("pcie" in variant):
-            return GPU_PEAKS[key].get("bf16" if precision == "bf16" else "fp32", 0.0) * 1e12 or None
-    return None
 
 
 def compile_blocks(model) -> None:
@@ -63,19 +43,6 @@ def compile_blocks(model) -> None:
         if not getattr(block, "_raptr_compiled", False):
             block.compile()
             block._raptr_compiled = True
-
-
-def pick_resume_checkpoint(out: Path) -> Path:
-    """The newest complete checkpoint; a corrupted one is reported with the previous one offered."""
-    found = ckpt.list_checkpoints(out)
-    try:
-        ckpt.read_state(found[-1])
-    except UserError as e:
-        if len(found) > 1:
-            e.hint = (f"The previous complete checkpoint is {found[-2]}: move {found[-1]} out of "
-                      f"{out / 'checkpoints'} and run with --resume again.")
-        raise
-    return found[-1]
 
 
 class Interrupted(Exception):
@@ -106,7 +73,7 @@ class Trainer:
             raise UserError(f"schedule.method = \"{recipe.schedule.method}\" cannot run sharded (FSDP): growing the model "
                             "copies blocks that are split across processes",
                             hint=f"Launch {recipe.schedule.method} with --multi_gpu (replicated) instead of FSDP.")
-        self.resume_from = pick_resume_checkpoint(out) if resume else None
+        self.resume_from = ckpt.pick_resume_checkpoint(out) if resume else None
         tok_file = out / "tokenizer.json" if resume and (out / "tokenizer.json").is_file() else None
         with accelerator.main_process_first():  # rank 0 fills the tokenizer/block caches, the others read them
             self.data: RunData = prepare_data(recipe, out if accelerator.is_main_process else None, tok_file)
@@ -122,13 +89,12 @@ class Trainer:
         self.floor = floor.for_run(out, self.data.train, self.data.tokenizer, sp)  # counted once per run
         self.warmup = warmup_steps_of(recipe.optim, t.steps)
         self.peak = device_peak(self.device, self.precision)
-        self.state = {"tokens": 0, "flops": 0.0, "elapsed_s": 0.0, "world_size": self.world,
-                      "stage_stats": {}, "depth": self.plan.stages[0].depth, "sharded": self.sharded,
-                      "data_blocks": [len(self.data.train), len(self.data.eval)],
-                      "data_fingerprint": data_fingerprint(self.data.train, self.data.eval),
-                      # the tokenizer.json the weights pair with, for `raptr eval` (checked on rank 0, which writes)
-                      "tokenizer_sha256": sha256_file(out / "tokenizer.json") if accelerator.is_main_process else None}
-        self._build(self.state["depth"])
+        self.state = TrainState(
+            world_size=self.world, depth=self.plan.stages[0].depth, sharded=self.sharded,
+            data_blocks=[len(self.data.train), len(self.data.eval)],
+            data_fingerprint=data_fingerprint(self.data.train, self.data.eval),
+            tokenizer_sha256=sha256_file(out / "tokenizer.json") if accelerator.is_main_process else None)  # rank 0 writes
+        self._build(self.state.depth)
         self.step = 0
         self.last_eval: dict | None = None
         self.stop = StopSignals(self.world, self.device)
@@ -145,6 +111,7 @@ class Trainer:
             if recipe.log.trackers:
                 sinks.append(TrackerSink(accelerator))
         self.log = MetricsLogger(sinks)
+        self.stages = StageTracker(self.state, self.log)
 
     # --- model / optimizer -------------------------------------------------------------------
     def _build(self, depth: int) -> None:
@@ -177,7 +144,7 @@ class Trainer:
                 for pn, ps in zip(blocks[new_i].parameters(), blocks[src_i].parameters()):
                     if ps in old_opt.state:
                         self.opt.state[pn] = {k: v.clone() for k, v in old_opt.state[ps].items()}
-        self.state["depth"] = new_depth
+        self.state.depth = new_depth
 
     def _load(self, path: Path) -> None:
         info = ckpt.read_state(path)
@@ -202,7 +169,7 @@ class Trainer:
             raise UserError(f"{path / 'trainer_state.json'}: depth = {st.get('depth')} does not fit the "
                             f"model's {self.cfg.num_layers} layers",
                             hint="Delete that checkpoint to resume from the previous one.")
-        if st["depth"] != self.state["depth"]:
+        if st["depth"] != self.state.depth:
             self._build(st["depth"])
         if self.sharded:  # every rank reads the full tensors, then keeps its shards
             plain = self._plain_model()
@@ -211,7 +178,7 @@ class Trainer:
         else:
             ckpt.load_weights(path, self.model)
             ckpt.load_optimizer(path, self.opt)
-        self.step = st.pop("step")
+        self.step = st["step"]
         self.state.update(st)
 
     # --- the loop ------------------------------------------------------------------------------
@@ -240,9 +207,9 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             last = ckpt.list_checkpoints(self.out)
             where = f"last good checkpoint: {last[-1] if last else 'none yet'}"
-            skipped = self.state.setdefault("skipped_steps", 0)
+            skipped = self.state.skipped_steps or 0
             if r.train.nan_policy == "skip" and skipped < r.train.max_skipped_steps:
-                self.state["skipped_steps"] = skipped + 1
+                self.state.skipped_steps = skipped + 1
                 self.log.log({"event": "skipped_step", "step": step + 1, "loss": float(loss), "grad_norm": float(grad_norm)})
                 return grad_norm, lr
             raise TrainingDiverged(
@@ -258,7 +225,7 @@ class Trainer:
     def _plain_model(self) -> torch.nn.Module:
         """An unsharded CPU model of the current depth (for saving and loading a sharded run)."""
         cfg = copy.deepcopy(self.cfg)
-        cfg.num_layers = self.state["depth"]
+        cfg.num_layers = self.state.depth
         with torch.random.fork_rng(devices=[]):  # its random init must not move the run's RNG
             return build_model(cfg)
 
@@ -283,7 +250,7 @@ class Trainer:
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return None
-        path = ckpt.save_checkpoint(self.out, self.step, model, opt_state, self.state, self.r.model.arch,
+        path = ckpt.save_checkpoint(self.out, self.step, model, opt_state, self.state.to_json(), self.r.model.arch,
                                     self.r.train.keep_checkpoints)
         self.log.log({"event": "checkpoint", "step": self.step, "path": str(path.relative_to(self.out))})
         self.acc.wait_for_everyone()
@@ -295,14 +262,15 @@ class Trainer:
         rank, world = (0, 1) if self.sharded else (self.rank, self.world)
         res = evaluate(self.model, self.data.eval, t.batch_size, t.eval_batches, self.objective, self.r.run.seed,
                        self.precision, rank, world, unigram=self.floor.log_probs())
-        full = self.state["depth"] == self.cfg.num_layers
-        row = {"step": self.step, **res, "eval_depth": self.state["depth"], "eval_full_model": full,
-               "flops": self.state["flops"], "tokens": self.state["tokens"]}
+        full = self.state.depth == self.cfg.num_layers
+        row = {"step": self.step, **res, "eval_depth": self.state.depth, "eval_full_model": full,
+               "flops": self.state.flops, "tokens": self.state.tokens}
         self.log.log(row)
         self.last_eval = row
         return row
 
     def run(self) -> dict:
+        """Train up to train.steps, then write the last checkpoint and final/; returns the last eval row."""
         if self.acc.is_main_process:  # for `raptr eval` (also --data): see floor.py
             self.floor.save(self.out)
         with self.stop:  # every rank listens: a launcher or scheduler may signal all or only some
@@ -314,39 +282,37 @@ class Trainer:
     def _run(self) -> dict:
         r, t = self.r, self.r.train
         B, per_rank = t.batch_size, t.batch_size // self.world
-        micro = t.micro_batch_size or per_rank
         lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
-        params = list(self.model.parameters())
-        stats = self.state["stage_stats"]
 
         def make_batch(step: int) -> tuple[dict, int]:  # runs in the prefetch thread on GPUs
             return train_batch(self.data.train, self.objective, B, r.run.seed, step, lo, hi)
 
         cuda = self.device.type == "cuda"  # a thread pays only when a GPU runs the step (prefetch.py)
         with Prefetcher(make_batch, self.step, t.steps, pin=cuda, background=cuda) as batches:
-            if self.step == 0 and not stats:  # (on a GPU the first batches are built meanwhile)
+            if self.step == 0 and not self.state.stage_stats:  # (on a GPU the first batches are built meanwhile)
                 self._eval()
-            return self._loop(batches, B, micro, params, stats)
+            self._loop(batches, Throughput(self.state, self.peak, self.world))
+        return self._finish()
 
-    def _loop(self, batches: Prefetcher, B: int, micro: int, params: list, stats: dict) -> dict:
+    def _loop(self, batches: Prefetcher, meter: Throughput) -> None:
+        """One optimizer step per turn: batch, subnetwork, forward/backward, sync, optimizer, log."""
         r, t = self.r, self.r.train
-        t_start = time.perf_counter() - self.state["elapsed_s"]
-        window_t, window_tokens, window_flops, window_data = time.perf_counter(), 0, 0.0, 0.0
+        tokens, micro = t.batch_size * t.seq_len, t.micro_batch_size or t.batch_size // self.world
+        params = list(self.model.parameters())
         while self.step < t.steps:
-            step, step_t0 = self.step, time.perf_counter()
+            step = self.step
+            meter.start_step()
             stage = self.plan.stage_at(step)
-            if (depth := self.plan.growth(step, self.state["depth"])) is not None:
+            if (depth := self.plan.growth(step, self.state.depth)) is not None:
                 self._grow(depth)
                 params = list(self.model.parameters())
             subnet = self.plan.subnet(step)
-            layers = list(range(self.state["depth"])) if subnet.layers is None else list(subnet.layers)
+            layers = list(range(self.state.depth)) if subnet.layers is None else list(subnet.layers)
             run_layers = None if subnet.layers is None else layers
             scales = None if subnet.scales is None else list(subnet.scales)
 
             batch, n_global = batches.get(step)
-            dt_data = time.perf_counter() - step_t0  # time the loop waited for its batch
-            window_data += dt_data
-            self.state["data_s"] = self.state.get("data_s", 0.0) + dt_data
+            meter.batch_ready()
             torch.manual_seed(step_seed(r.run.seed, step, 1 + self.rank))  # dropout: pure function of step
             loss = forward_backward(self.model, batch, n_global, micro, run_layers, scales, self.precision,
                                     subnet if subnet.narrow else None)
@@ -356,109 +322,58 @@ class Trainer:
             with masked_update(self.opt, self.model, subnet):  # dropped heads/units: untouched (width.py)
                 grad_norm, lr = self._apply(step, params, loss)
             self.step = step + 1
-            self.state["tokens"] += B * t.seq_len
-            flops = F.step_flops(self.dims, len(layers), B * t.seq_len, n_global, stage.heads_fraction, stage.mlp_fraction)
-            self.state["flops"] += flops
-            window_tokens += B * t.seq_len
-            window_flops += flops
-            first_of_stage = step == stage.start
-            last_of_stage = self.step == stage.end
-            logged = self.step % t.log_every == 0 or first_of_stage or last_of_stage or self.step == t.steps
-            if logged:
-                loss_val = float(loss) if self.world == 1 else _mean_over_ranks(loss)
-                now = time.perf_counter()
-                self.state["elapsed_s"] = now - t_start
-                row = {"step": self.step, "stage": stage.index, "path_length": len(layers),
-                       "depth": self.state["depth"], "loss": loss_val, "lr": lr,
-                       "tokens": self.state["tokens"], "flops": self.state["flops"],
-                       "elapsed_s": round(self.state["elapsed_s"], 3),
-                       "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
-                       "tflops_per_s": window_flops / max(now - window_t, 1e-9) / 1e12,
-                       "data_share": window_data / max(now - window_t, 1e-9)}
-                if self.peak:  # MFU against the dense bf16/fp32 peak of the GPU model, all ranks
-                    row["mfu"] = row["tflops_per_s"] * 1e12 / (self.peak * self.world)
-                row["grad_norm"] = float(grad_norm)
-                self.log.log(row)
-                window_t, window_tokens, window_flops, window_data = now, 0, 0.0, 0.0
-                s = stats.setdefault(str(stage.index), {"start_step": step, "loss_start": loss_val,
-                                                       "tokens_start": self.state["tokens"] - B * t.seq_len,
-                                                       "elapsed_start": step_t0 - t_start,
-                                                       "flops_start": self.state["flops"] - flops,
-                                                       "data_start": self.state["data_s"] - dt_data,
-                                                       "train_start": self.state.get("train_s", 0.0)})
-                last_loss = self.state.get("last_loss")
-                if first_of_stage and stage.index > 0 and last_loss is not None:
-                    # stamped like the training row of the same step (step + 1), so a resume from the
-                    # boundary checkpoint (which keeps rows <= its step) logs it exactly once
-                    self.log.log({"event": "transition", "step": self.step, "from_stage": stage.index - 1,
-                                  "to_stage": stage.index, "loss_before": last_loss, "loss_after": loss_val})
-                    s["loss_after_transition"], s["loss_before_transition"] = loss_val, last_loss
-                s["loss_end"] = loss_val
-            self.state["last_loss"] = loss_val if logged else None
-            self.state["train_s"] = self.state.get("train_s", 0.0) + time.perf_counter() - step_t0
-            t_side = time.perf_counter()
-            if last_of_stage:
-                self._stage_end(stage, stats[str(stage.index)])
-            elif t.eval_every and self.step % t.eval_every == 0:
-                self._eval()
-            saved = t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps
-            path = self._checkpoint() if saved else None
-            window_t += time.perf_counter() - t_side  # throughput windows count training time only
+            meter.count(tokens, F.step_flops(self.dims, len(layers), tokens, n_global, stage.heads_fraction,
+                                             stage.mlp_fraction))
+            self.stages.step_done(self._log_step(stage, len(layers), loss, lr, grad_norm, meter))
+            meter.end_step()
+
+            with meter.paused():  # throughput windows count training time only
+                path, saved = self._between_steps(stage)
             # a signal during the last step does not stop it: the run finishes and writes final/
             if self.stop.stop(vote) and self.step < t.steps:
                 if not saved:  # (a checkpoint_every step is saved already)
                     path = self._checkpoint()
                 where = f"; checkpoint saved to {path}" if path is not None else ""
                 raise Interrupted(f"interrupted at step {self.step}{where}")
-        return self._finish()
 
-    def _stage_end(self, stage, s: dict) -> None:
-        ev = self._eval()
-        elapsed = self.state["elapsed_s"] - s["elapsed_start"]  # wall time, evals included
-        train_s = self.state["train_s"] - s.get("train_start", 0.0)  # training steps only
-        tokens = self.state["tokens"] - s["tokens_start"]
-        self.log.log({
-            "event": "stage_end", "step": self.step, "stage": stage.index, "method": self.plan.method,
-            "path_length": stage.path_length, "keep_prob": stage.keep_prob, "depth": stage.depth,
-            "steps": stage.end - stage.start, "tokens": tokens, "flops": self.state["flops"],
-            "loss_start": s.get("loss_start"), "loss_end": s.get("loss_end"),
-            "loss_before_transition": s.get("loss_before_transition"),
-            "loss_after_transition": s.get("loss_after_transition"),
-            "eval_loss": ev["eval_loss"], "eval_full_model": ev["eval_full_model"],
-            **{k: ev.get(k) for k in floor.KEYS},
-            "tokens_per_s": tokens / max(train_s, 1e-9), "wall_s": round(elapsed, 3),
-            "tflops_per_s": (self.state["flops"] - s["flops_start"]) / max(train_s, 1e-9) / 1e12,
-            "data_share": (self.state["data_s"] - s["data_start"]) / max(train_s, 1e-9),
-        })
+    def _log_step(self, stage, path_length: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
+                  meter: Throughput) -> float | None:
+        """Log the step just taken when it is due (every log_every steps, and a stage's first and
+        last step); returns its loss then, else None."""
+        t, step = self.r.train, self.step - 1
+        first, last = step == stage.start, self.step == stage.end
+        if not (self.step % t.log_every == 0 or first or last or self.step == t.steps):
+            return None
+        loss_val = float(loss) if self.world == 1 else _mean_over_ranks(loss)
+        st = self.state
+        self.log.log({"step": self.step, "stage": stage.index, "path_length": path_length, "depth": st.depth,
+                      "loss": loss_val, "lr": lr, "tokens": st.tokens, "flops": st.flops, **meter.rates(),
+                      "grad_norm": float(grad_norm)})
+        self.stages.logged(step, stage, loss_val, meter.at_step_start())
+        return loss_val
+
+    def _between_steps(self, stage) -> tuple[Path | None, bool]:
+        """A stage's end (eval and summary), a periodic eval, a periodic checkpoint: (its path, saved)."""
+        t = self.r.train
+        if self.step == stage.end:
+            self.stages.stage_end(self.step, stage, self.plan.method, self._eval())
+        elif t.eval_every and self.step % t.eval_every == 0:
+            self._eval()
+        saved = bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0 and self.step < t.steps
+        return (self._checkpoint() if saved else None), saved
 
     def _finish(self) -> dict:
         ev = self.last_eval if self.last_eval and self.last_eval["step"] == self.step else self._eval()
         full = self._full()  # gathered once, for the last checkpoint and final/
         self._checkpoint(full)
-        model = full[0]
         if self.acc.is_main_process:
-            final = self.out / "final"
-            tmp = self.out / ".final.tmp"
-            with ckpt.writing(tmp, final, self.out):
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-                ckpt.write_model_dir(tmp, model, self.r.model.arch)
-                shutil.copyfile(self.out / "tokenizer.json", tmp / "tokenizer.json")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            summary = {"event": "run_end", "step": self.step, "tokens": self.state["tokens"],
+            ckpt.save_final(self.out, full[0], self.r.model.arch)
+            summary = {"event": "run_end", "step": self.step, "tokens": self.state.tokens,
                        "peak_rss_mb": peak_rss_mb(),
-                       "flops": self.state["flops"], "elapsed_s": round(self.state["elapsed_s"], 3)}
+                       "flops": self.state.flops, "elapsed_s": round(self.state.elapsed_s, 3)}
             summary.update(eval_loss=ev["eval_loss"], **{k: ev.get(k) for k in floor.KEYS})
             self.log.log(summary)
-        return {"step": self.step, **self.state}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return ev
 
 
 def _mean_over_ranks(loss: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # same version on a GPU machine) instead of resolving a newer multi-GB build.
 TORCH := torch==2.13.0
 
-.PHONY: install data test demo bench gpu-bench clean
+.PHONY: install data test lint demo bench gpu-bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ data: install
 
 test: install data
 	$(BIN)/python -m pytest tests
+
+# ruff (pinned in the dev extra): lint rules and the formatter, checked, not applied (`ruff format` applies).
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 demo: install data
 	$(BIN)/raptr pretrain recipes/bert-tiny-raptr.toml --out runs/demo --overwrite

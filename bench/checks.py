@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def as_checks(rows: list[dict], passed: Callable[[dict], bool]) -> dict:

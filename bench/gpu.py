@@ -55,7 +55,6 @@ except ImportError:  # a device machine with the working tree but raptr not inst
 
 from gpu_steps import measure  # noqa: E402
 from gpu_table import print_table, table  # noqa: E402
-
 from raptr_cli.train.throughput import device_peak  # noqa: E402
 
 
@@ -162,7 +161,7 @@ def run(a: argparse.Namespace, log=print) -> dict:
     need = (lambda gpu_s: gpu_s if cuda else 0.5)  # rough minimum of a phase; CPU smoke: always run
     for i, mode in enumerate(modes):
         if phase(f"base {mode}", need(15 if mode == "eager" else 45)):
-            res = guarded(f"base {mode}", lambda: measure(s.base, mode == "compiled", s, device, s.rounds, deadline,
+            res = guarded(f"base {mode}", lambda mode=mode, i=i: measure(s.base, mode == "compiled", s, device, s.rounds, deadline,
                                                           peak, with_hf=i == 0 and hf_version is not None, log=log))
             if res:
                 doc["base"][mode] = res
@@ -182,7 +181,7 @@ def run(a: argparse.Namespace, log=print) -> dict:
             torch.cuda.reset_peak_memory_stats()
     for mode in modes:
         if phase(f"large {mode}", need(15 if mode == "eager" else 45)):
-            res = guarded(f"large {mode}", lambda: measure(s.large, mode == "compiled", s, device, s.large_rounds,
+            res = guarded(f"large {mode}", lambda mode=mode: measure(s.large, mode == "compiled", s, device, s.large_rounds,
                                                            deadline, peak, with_hf=False, log=log))
             if res:
                 doc["large"][mode] = res

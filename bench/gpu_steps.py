@@ -11,7 +11,6 @@ import time
 import torch
 
 from path_ratio import StepBench, path_for
-
 from raptr_cli.flops import step_flops
 from raptr_cli.planning import model_dims
 from raptr_cli.train.loop import compile_blocks
@@ -145,7 +144,7 @@ def measure(spec, compiled: bool, s, device: str, rounds: int, until: float, pea
     finally:
         b.close()
         configs.clear()  # the closures hold the models: free them before the allocator is reset
-        del b, hf
+        b = hf = None  # drop the last references (the closures above are cleared)
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()

@@ -102,8 +102,9 @@ def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int,
     tables' figures, peak memory (CUDA) and the dry-run estimate for this very recipe."""
     from raptr_cli.planning import describe_run, effective_precision
     from raptr_cli.recipe import load_recipe
-    from raptr_cli.train.loop import Trainer, prepare_out_dir
+    from raptr_cli.train.loop import Trainer
     from raptr_cli.train.metrics import read_metrics
+    from raptr_cli.train.rundir import prepare_out_dir
 
     notes: list[str] = []
     t0 = time.perf_counter()

@@ -47,8 +47,8 @@ def startup(reps: int) -> list[dict]:
 
 
 def _tiny(layers: int = 12, hidden: int = 128):
-    from raptr_cli.models.bert.model import BertForMaskedLM
     from raptr_cli.models.bert.config import BertConfig
+    from raptr_cli.models.bert.model import BertForMaskedLM
 
     torch.manual_seed(0)
     return BertForMaskedLM(BertConfig(vocab_size=8192, hidden_size=hidden, num_layers=layers, num_heads=2,
@@ -141,8 +141,8 @@ H100_STEP_S = 0.066  # compiled BERT-base full step, batch 256 x 128, bf16 (docs
 
 
 def input_pipeline(steps: int) -> list[dict]:
-    from raptr_cli.recipe import load_recipe
     from raptr_cli.objectives import objective_for
+    from raptr_cli.recipe import load_recipe
     from raptr_cli.train.prefetch import Prefetcher
     from raptr_cli.train.step import train_batch
 

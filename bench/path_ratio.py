@@ -45,10 +45,10 @@ from pathlib import Path
 
 import torch
 
-from raptr_cli.objectives.mlm import mask_tokens
 from raptr_cli.flops import step_flops
-from raptr_cli.models.bert.model import BertForMaskedLM
 from raptr_cli.models.bert.config import BertConfig
+from raptr_cli.models.bert.model import BertForMaskedLM
+from raptr_cli.objectives.mlm import mask_tokens
 from raptr_cli.planning import model_dims
 from raptr_cli.recipe import OptimConfig
 from raptr_cli.schedule import sample_subset, step_generator
@@ -240,7 +240,8 @@ def _child(name: str, steps: int, out: str) -> None:
     from accelerate import Accelerator
 
     from raptr_cli.recipe import load_recipe
-    from raptr_cli.train.loop import Trainer, prepare_out_dir
+    from raptr_cli.train.loop import Trainer
+    from raptr_cli.train.rundir import prepare_out_dir
 
     r = load_recipe(REPO / "recipes" / f"bert-tiny-{name}.toml",
                     [f"train.steps={steps}", "train.eval_every=0", "train.eval_batches=1",

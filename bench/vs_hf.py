@@ -23,8 +23,8 @@ import torch
 def _bert_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: int):
     import transformers
 
-    from raptr_cli.models.bert.model import BertForMaskedLM
     from raptr_cli.models.bert.config import BertConfig
+    from raptr_cli.models.bert.model import BertForMaskedLM
 
     ours = BertForMaskedLM(BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
                                       intermediate_size=ffn, max_position_embeddings=max(512, seq)))
@@ -48,8 +48,8 @@ def _mlm_batch(vocab: int, batch: int, seq: int, seed: int = 0):
 def _ul2_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: int):
     import transformers
 
-    from raptr_cli.models.ul2.model import DecoderForPrefixLM
     from raptr_cli.models.ul2.config import DecoderConfig
+    from raptr_cli.models.ul2.model import DecoderForPrefixLM
 
     cfg = DecoderConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
                         intermediate_size=ffn, max_position_embeddings=max(512, seq))

@@ -89,9 +89,9 @@ def test_stability_gap_is_eval_path_lengths(make_recipe, cli, tmp_path):
 
 @pytest.mark.parametrize("model", [{"norm": "none"}, {"residual": False}])
 def test_ablations_train(make_recipe, cli, tmp_path, model):
-    from raptr_cli.models.bert.model import BertForMaskedLM, num_parameters
     from raptr_cli.models.bert.config import BertConfig
     from raptr_cli.models.bert.config import param_count as bert_param_count
+    from raptr_cli.models.bert.model import BertForMaskedLM, num_parameters
 
     out = _raptr_run(make_recipe, cli, tmp_path, **model)
     losses = [r["loss"] for r in read_rows(out) if "loss" in r and "event" not in r]

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, merged, to_toml
 from typer.testing import CliRunner
+
+from conftest import TINY, merged, to_toml
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -11,8 +11,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import run_ok
 
+from conftest import run_ok
 from raptr_cli.errors import UserError
 from raptr_cli.recipe import load_recipe
 

@@ -12,8 +12,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import TINY, merged, run_ok, to_toml
 
+from conftest import TINY, merged, run_ok, to_toml
 from raptr_cli.recipe import load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,8 +345,7 @@ def test_budget_set_line_loads_and_yields_the_budget(cli, tmp_path: Path) -> Non
 
 
 def test_rescaled_schedule_keeps_each_share_of_the_staged_span() -> None:
-    from raptr_cli.schedule import ScheduleConfig, StageConfig
-    from raptr_cli.schedule import rescaled_schedule, stage_bounds
+    from raptr_cli.schedule import ScheduleConfig, StageConfig, rescaled_schedule, stage_bounds
 
     S = StageConfig
     # 100 steps, 64 tokens each: warm-up 10 (a fraction), then 45 steps given in tokens + half of the staged 90

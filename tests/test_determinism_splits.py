@@ -250,7 +250,7 @@ def test_resume_of_a_run_from_before_split_seed(make_recipe, tmp_path):
     """An old run's recipe.toml has no data.split_seed: its blocks were held out by run.seed. A
     seed-0 run resumes as before; another seed is told which --set keeps its split."""
     from raptr_cli.train.run import _check_resume_recipe
-    from raptr_cli.train.loop import resolved_toml
+    from raptr_cli.train.rundir import resolved_toml
 
     def old_run(seed: int):
         recipe = load_recipe(make_recipe({"run": {"seed": seed}}))

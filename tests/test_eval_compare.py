@@ -22,9 +22,10 @@ RAPTR_4 = {"model": {"n_layers": 4},
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus_dir):
     """A baseline and a RaPTr run of the same tiny model, data and seed."""
+    from typer.testing import CliRunner
+
     from conftest import TINY, merged, to_toml
     from raptr_cli.cli.main import app
-    from typer.testing import CliRunner
 
     d = tmp_path_factory.mktemp("evalcmp")
     shutil.copytree(corpus_dir, d / "data")
@@ -46,9 +47,9 @@ def test_eval_equals_the_runs_final_eval_and_a_direct_recomputation(runs, cli):
     assert res["perplexity"] == pytest.approx(math.exp(res["eval_loss"]))
     # direct recomputation: the saved model, the run's eval blocks and masks, plain cross-entropy
     from raptr_cli.evaluation import load_model_dir
+    from raptr_cli.objectives import objective_for
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
-    from raptr_cli.objectives import objective_for
 
     recipe = load_recipe(run / "recipe.toml")
     rd = prepare_data(recipe, None, run / "tokenizer.json")

@@ -8,9 +8,16 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from raptr_cli.flops import (Dims, head_flops_per_token, layer_flops_per_token, plan_flops, step_flops,
-                             train_flops_per_token)
-from raptr_cli.schedule import ScheduleConfig, StageConfig as S, build_plan
+from raptr_cli.flops import (
+    Dims,
+    head_flops_per_token,
+    layer_flops_per_token,
+    plan_flops,
+    step_flops,
+    train_flops_per_token,
+)
+from raptr_cli.schedule import ScheduleConfig, build_plan
+from raptr_cli.schedule import StageConfig as S
 
 BERT_BASE = Dims(hidden=768, ffn=3072, vocab=30522, n_layers=12, seq_len=512)
 

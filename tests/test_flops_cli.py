@@ -15,9 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from raptr_cli.cli.main import app
-from raptr_cli.models.bert.model import BertForMaskedLM, num_parameters
 from raptr_cli.models.bert.config import BertConfig
 from raptr_cli.models.bert.config import param_count as bert_param_count
+from raptr_cli.models.bert.model import BertForMaskedLM, num_parameters
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 RAPTR = str(RECIPES / "bert-base-raptr.toml")

@@ -9,15 +9,15 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import TINY, merged, to_toml
 
+from conftest import TINY, merged
 from raptr_cli import recipe as R
 from raptr_cli.config import field_docs, fields_of, parse_value
 from raptr_cli.data.files import resolve_data_files
 from raptr_cli.errors import UserError
 from raptr_cli.recipe import Recipe, load_recipe, parse_recipe
 from raptr_cli.schedule import ScheduleConfig, StageConfig
-from raptr_cli.train.loop import resolved_toml
+from raptr_cli.train.rundir import resolved_toml
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import eval_rows, logged_steps, read_rows, run_ok, train_rows, wait_until
 from safetensors.torch import load_file
 
+from conftest import eval_rows, logged_steps, read_rows, run_ok, train_rows, wait_until
 from raptr_cli.data import packing
 from raptr_cli.errors import UserError
 from raptr_cli.train import checkpoint as ckpt

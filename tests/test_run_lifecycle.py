@@ -10,8 +10,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import read_rows, train_rows
 
+from conftest import read_rows, train_rows
 from raptr_cli.errors import UserError
 from raptr_cli.recipe import load_recipe
 from raptr_cli.train import checkpoint as ckpt

@@ -21,8 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import TINY, merged, read_rows, run_ok, to_toml, train_rows, wait_until
 
+from conftest import TINY, merged, read_rows, run_ok, to_toml, train_rows, wait_until
 from raptr_cli.errors import UserError
 from raptr_cli.train import checkpoint as ckpt
 from raptr_cli.train.rundir import LOCK_FILE, RunLock, refuse_if_running
@@ -306,8 +306,8 @@ def enospc(*args, **kwargs):
 def _model_and_state():
     import torch
 
-    from raptr_cli.models.bert.model import BertForMaskedLM
     from raptr_cli.models.bert.config import BertConfig
+    from raptr_cli.models.bert.model import BertForMaskedLM
 
     model = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,
                                        intermediate_size=64, max_position_embeddings=16))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from raptr_cli.errors import UserError
-from raptr_cli.schedule import (ScheduleConfig, StageConfig as S, build_plan, describe, growth_sources,
-                                step_generator)
+from raptr_cli.schedule import ScheduleConfig, build_plan, describe, growth_sources, step_generator
+from raptr_cli.schedule import StageConfig as S
 
 
 def raptr(*ks: int, steps: int = 2, **kw) -> ScheduleConfig:

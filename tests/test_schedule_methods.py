@@ -8,10 +8,9 @@ import dataclasses
 import json
 
 import pytest
-from conftest import TINY, merged, read_rows, run_ok, to_toml, train_rows
 
-from raptr_cli.schedule import (METHODS, Method, ScheduleConfig, StageConfig, build_plan, describe,
-                                rescaled_schedule)
+from conftest import TINY, merged, read_rows, run_ok, to_toml, train_rows
+from raptr_cli.schedule import METHODS, Method, ScheduleConfig, StageConfig, build_plan, describe, rescaled_schedule
 
 
 class DropOne(Method):

@@ -14,8 +14,14 @@ import pytest
 import torch
 
 from conftest import generate_corpus, read_rows, run_ok, train_rows
-from raptr_cli.data import load_documents, pack_documents, resolve_data_files, split_blocks, train_wordpiece
-from raptr_cli.data import store_build
+from raptr_cli.data import (
+    load_documents,
+    pack_documents,
+    resolve_data_files,
+    split_blocks,
+    store_build,
+    train_wordpiece,
+)
 from raptr_cli.data.packing import seed_for
 from raptr_cli.data.sources import ALL, Source, ensure_store
 from raptr_cli.data.store import open_store

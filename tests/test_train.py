@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, eval_rows, merged, read_rows, run_ok, to_toml, train_rows
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import TINY, eval_rows, merged, read_rows, run_ok, to_toml, train_rows
 from raptr_cli.errors import UserError
 from raptr_cli.models.bert.model import BertConfig, BertForMaskedLM
 from raptr_cli.recipe import OptimConfig

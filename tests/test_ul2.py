@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from raptr_cli.errors import UserError
-from raptr_cli.models.ul2.model import DecoderForPrefixLM, prefix_lm_mask
 from raptr_cli.models.ul2.config import UL2_PRESETS, DecoderConfig
+from raptr_cli.models.ul2.model import DecoderForPrefixLM, prefix_lm_mask
 from raptr_cli.objectives.ul2 import (
     DenoiserConfig,
     UL2Config,

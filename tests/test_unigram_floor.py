@@ -12,7 +12,6 @@ import shutil
 from collections import Counter
 
 import pytest
-import torch
 
 from conftest import eval_rows, read_rows, run_ok
 
@@ -41,9 +40,9 @@ def _specials(tok, arch: str) -> set[int]:
 def hand_floor(run, eval_files: list[str] | None = None) -> tuple[float, int]:
     """(floor, positions): unigram of the run's train split, scored at the eval batches' labels
     (the run's eval split, or `eval_files` as `raptr eval --data` reads them)."""
+    from raptr_cli.objectives import objective_for
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
-    from raptr_cli.objectives import objective_for
 
     recipe = load_recipe(run / "recipe.toml")
     rd = prepare_data(recipe, None, run / "tokenizer.json")
@@ -70,9 +69,10 @@ def hand_floor(run, eval_files: list[str] | None = None) -> tuple[float, int]:
 @pytest.fixture(scope="module")
 def bert_run(tmp_path_factory, corpus_dir):
     """A 2-stage RaPTr run, its eval split held out from the train file (random blocks)."""
+    from typer.testing import CliRunner
+
     from conftest import TINY, merged, to_toml
     from raptr_cli.cli.main import app
-    from typer.testing import CliRunner
 
     d = tmp_path_factory.mktemp("floor")
     shutil.copytree(corpus_dir, d / "data")
@@ -213,9 +213,9 @@ def test_ranks_split_the_floor_like_the_loss(bert_run):
     the two shares' floor sums add up to the one-process floor."""
     from raptr_cli import floor as fl
     from raptr_cli.evaluation import load_model_dir
+    from raptr_cli.objectives import objective_for
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
-    from raptr_cli.objectives import objective_for
     from raptr_cli.train.step import evaluate
 
     recipe = load_recipe(bert_run / "recipe.toml")

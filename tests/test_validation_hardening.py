@@ -19,8 +19,8 @@ import typing
 from pathlib import Path
 
 import pytest
-from conftest import TINY, merged, read_rows, run_ok, to_toml
 
+from conftest import TINY, merged, read_rows, run_ok, to_toml
 from raptr_cli.errors import UserError
 from raptr_cli.recipe import Recipe, load_recipe, parse_recipe
 

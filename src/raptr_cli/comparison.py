@@ -52,7 +52,7 @@ def summarize(run_dir: Path) -> dict:
 
 def loss_at(curve: list[tuple], flops: float) -> float | None:
     """Eval loss at `flops` by linear interpolation of a run's (flops, eval_loss) curve."""
-    pts = [(f, l) for f, l, full in curve if full]
+    pts = [(f, loss) for f, loss, full in curve if full]
     for (f0, l0), (f1, l1) in zip(pts, pts[1:]):
         if f0 <= flops <= f1:
             return l0 + (l1 - l0) * (flops - f0) / max(f1 - f0, 1e-30)
@@ -201,7 +201,7 @@ def plot(result: dict, path: Path) -> Path | None:
     colours: dict[str, str] = {}
     for r in result["runs"]:
         xs = [f for f, _, _ in r["curve"]]
-        ys = [l for _, l, _ in r["curve"]]
+        ys = [loss for _, loss, _ in r["curve"]]
         first = r["name"] not in colours
         label = f"{r['name']} ({r['method']} {r['schedule']})" if first else None
         (line,) = ax.plot(xs, ys, marker="o", ms=3, label=label, color=colours.get(r["name"]),

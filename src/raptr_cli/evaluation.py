@@ -12,10 +12,10 @@ from pathlib import Path
 
 from .errors import UserError
 from .models import build_model, config_from_dict, resolve_model_config
+from .objectives import objective_for
 from .recipe import Recipe, load_recipe
 from .schedule import method_class, sample_subset, stream
 from .train import checkpoint as ckpt
-from .objectives import objective_for
 from .train.step import evaluate
 
 

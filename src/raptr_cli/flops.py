@@ -1,4 +1,4 @@
-"""One analytic FLOPs model for every architecture and schedule (method.md, "FLOPs accounting").
+"""One analytic FLOPs model for every architecture and schedule (README: `raptr flops`).
 
 Convention (nanoGPT / PaLM appendix B, Kaplan et al. 2020): 2 FLOPs per multiply-accumulate, and
 training = 3x forward (backward computes grads w.r.t. activations and weights: 2x forward).

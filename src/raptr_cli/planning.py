@@ -8,8 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from . import flops as F
 from .errors import UserError
+from .flops import Dims, plan_flops
 from .models import resolve_model_config
 from .models.registry import spec_of
 from .objectives import objective_spec_for
@@ -36,7 +36,7 @@ def param_count(cfg) -> dict[str, int]:
     return spec_of(cfg).param_count(cfg)
 
 
-def model_dims(cfg, seq_len: int) -> F.Dims:
+def model_dims(cfg, seq_len: int) -> Dims:
     return spec_of(cfg).dims(cfg, seq_len)
 
 
@@ -254,7 +254,7 @@ def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool
         with torch.device("meta"):
             model = build_model(cfg)
         pc["total"] = sum(p.numel() for p in model.parameters())  # parameters() dedups tied weights
-    fl = F.plan_flops(plan, model_dims(cfg, t.seq_len), recipe.tokens_per_step, head_fraction(recipe))
+    fl = plan_flops(plan, model_dims(cfg, t.seq_len), recipe.tokens_per_step, head_fraction(recipe))
     stages = describe(plan)
     for row, f in zip(stages, fl["stages"]):
         row.update(tokens=f["tokens"], flops=f["flops"], flops_layers=f["flops_layers"],

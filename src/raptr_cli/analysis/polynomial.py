@@ -1,4 +1,4 @@
-"""The polynomial toy (method.md, "The polynomial toy"): growing vs shrinking subnetworks on a target
+"""The polynomial toy: growing vs shrinking subnetworks on a target
 whose components have increasing degree, with an exact per-degree error decomposition.
 
 Design (the paper's construction is not public; this one is ours):

@@ -1,4 +1,4 @@
-"""Stability across depth (method.md, "The analyses"): how much worse is a random (L-1)-block path
+"""Stability across depth: how much worse is a random (L-1)-block path
 than the full model, and does the loss at a stage switch move by about the gap between the two
 path lengths?
 

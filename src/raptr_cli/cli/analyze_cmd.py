@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -58,15 +58,15 @@ def _ints(flag: str, text: str, minimum: int = 0) -> list[int]:
 @app.command("stability", help=STABILITY_HELP)
 @guarded
 def stability(
-    runs: Annotated[Optional[list[Path]], typer.Argument(help="Run directories (or checkpoints).", metavar="RUN...")] = None,
-    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Train tiny models first: depth=4,8,16.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Sweep directory (default runs/stability).")] = None,
+    runs: Annotated[list[Path] | None, typer.Argument(help="Run directories (or checkpoints).", metavar="RUN...")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Train tiny models first: depth=4,8,16.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep directory (default runs/stability).")] = None,
     variants: Annotated[str, typer.Option("--variants", help="Sweep variants: post, pre, none, post-nores.")] = "post,pre,none,post-nores",
     steps: Annotated[int, typer.Option("--steps", help="Sweep: training steps per model.")] = 150,
-    data: Annotated[Optional[list[str]], typer.Option("--data", help="Sweep: train on these files/globs or builtin:shakespeare (default: a generated corpus).")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", help="Sweep: train on these files/globs or builtin:shakespeare (default: a generated corpus).")] = None,
     drops: Annotated[str, typer.Option("--drops", help="Path lengths L-d to score, as d values.")] = "1,2",
     n_paths: Annotated[int, typer.Option("--paths", help="Random paths averaged per path length.")] = 4,
-    batches: Annotated[Optional[int], typer.Option("--batches", help="Eval batches (default: the recipe's).")] = None,
+    batches: Annotated[int | None, typer.Option("--batches", help="Eval batches (default: the recipe's).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     from ..analysis.stability import analyze_run, parse_sweep, sweep_recipes, sweep_table, write_sweep
@@ -132,7 +132,7 @@ def _train(recipe: Path, run_dir: Path, say) -> None:
 @app.command("polynomial", help=POLY_HELP)
 @guarded
 def polynomial(
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default runs/polynomial).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default runs/polynomial).")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds (paired: same init and data per seed).")] = "0,1",
     steps: Annotated[int, typer.Option("--steps", help="Steps of the subnetwork methods (the baseline gets equal FLOPs).")] = 400,
     degree: Annotated[int, typer.Option("--degree", help="Highest degree D of the target.")] = 6,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,16 +30,16 @@ together (their losses measure different things) unless --allow-mixed.
 
 
 def compare(
-    recipes: Annotated[Optional[list[Path]], typer.Argument(
+    recipes: Annotated[list[Path] | None, typer.Argument(
         help="Recipes to run (after --runs: more run directories).", metavar="RECIPE.toml...")] = None,
-    runs: Annotated[Optional[list[Path]], typer.Option(
+    runs: Annotated[list[Path] | None, typer.Option(
         "--runs", help="Finished run directories to compare instead; takes several (--runs runs/cmp/*) and repeats.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where runs and the comparison land.")] = Path("runs/compare"),
     equal_flops: Annotated[bool, typer.Option("--equal-flops", help="Also run the baseline shortened to each method's FLOPs.")] = False,
     allow_mixed: Annotated[bool, typer.Option(
         "--allow-mixed", help="Tabulate BERT and UL2 runs together although their losses measure different things.")] = False,
     set_: SetOpt = None,
-    downstream: Annotated[Optional[str], typer.Option("--downstream", metavar="TASK", help="Also fine-tune every run on TASK "
+    downstream: Annotated[str | None, typer.Option("--downstream", metavar="TASK", help="Also fine-tune every run on TASK "
                           "(as raptr finetune, pretrained and from scratch) and add its dev score and pretraining gain.")] = None,
     downstream_seeds: Annotated[str, typer.Option("--downstream-seeds", help="Fine-tuning seeds for --downstream.")] = "0,1,2",
     json_out: JsonOpt = False,
@@ -146,6 +146,7 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
     from ..errors import UserError
     from ..planning import describe_run
     from ..recipe import load_recipe
+    from ..schedule import is_full_model
     from .pretrain_cmd import run_console, train_and_report
 
     loaded = [(p, load_recipe(p, sets)) for p in recipes]  # validate every recipe before any training
@@ -153,13 +154,13 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
         refuse_mixed_objectives({str(p): r.model.arch for p, r in loaded})
     jobs = [(p, r, list(sets), str(p)) for p, r in loaded]  # (file, resolved recipe, --set, what to call it)
     if equal_flops:
-        base = next(((p, r) for p, r in loaded if r.schedule.method == "baseline"), None)
+        base = next(((p, r) for p, r in loaded if is_full_model(r.schedule.method)), None)
         if base is None:
             raise UserError("--equal-flops needs a baseline recipe among the recipes",
                             hint="Add recipes/bert-tiny-baseline.toml (schedule.method = \"baseline\").")
         base_plan = describe_run(base[1])
         for p, r in loaded:
-            if r.schedule.method == "baseline":
+            if is_full_model(r.schedule.method):
                 continue
             steps = solve_steps(base_plan["total_flops"], base_plan["steps"], describe_run(r)["total_flops"])
             name = f"{base[1].run.name}-equiflop-{r.run.name}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -82,7 +82,7 @@ class _Bar:
 @guarded
 def prepare(
     recipe: RecipeArg,
-    num_proc: Annotated[Optional[int], typer.Option("--num-proc", "-j", help="Tokenising processes (default: the CPU count, up to 8).")] = None,
+    num_proc: Annotated[int | None, typer.Option("--num-proc", "-j", help="Tokenising processes (default: the CPU count, up to 8).")] = None,
     sets: SetOpt = None,
 ) -> None:
     from ..errors import UserError

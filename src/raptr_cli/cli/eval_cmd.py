@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -25,10 +25,10 @@ Examples:
 
 def eval_(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint directory.", metavar="RUN_DIR")],
-    data: Annotated[Optional[list[str]], typer.Option("--data", help="Score on these files/globs instead of the run's eval split; repeatable.")] = None,
-    path_lengths: Annotated[Optional[str], typer.Option("--path-lengths", help="Comma-separated k values, e.g. 6,8,10,12.")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", help="Score on these files/globs instead of the run's eval split; repeatable.")] = None,
+    path_lengths: Annotated[str | None, typer.Option("--path-lengths", help="Comma-separated k values, e.g. 6,8,10,12.")] = None,
     n_paths: Annotated[int, typer.Option("--paths", help="Random paths averaged per path length.")] = 4,
-    batches: Annotated[Optional[int], typer.Option("--batches", help="Eval batches (default: the recipe's train.eval_batches).")] = None,
+    batches: Annotated[int | None, typer.Option("--batches", help="Eval batches (default: the recipe's train.eval_batches).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     from ..errors import UserError

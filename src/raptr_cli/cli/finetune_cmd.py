@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -64,9 +64,9 @@ def finetune(
                                            metavar="RUN_OR_CHECKPOINT")],
     task: Annotated[str, typer.Option("--task", "-t", help="train=PATH,dev=PATH, a task directory, "
                                       "builtin:shakespeare-genre, or a hub name (glue/rte).")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: RUN/finetune/TASK/<final|step-N>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: RUN/finetune/TASK/<final|step-N>).")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Fine-tuning seeds, comma-separated.")] = "0,1,2",
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="finetune.KEY=VALUE",
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="finetune.KEY=VALUE",
                                                            help="Override a fine-tuning setting; repeatable.")] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Also fine-tune the same architecture from "
                                                "random init, and report the pretraining gain.")] = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,13 +26,13 @@ def flops(
     recipe: RecipeArg,
     set_: SetOpt = None,
     json_out: JsonOpt = False,
-    budget: Annotated[Optional[str], typer.Option("--budget", help="FLOPs (3e18) or GPU-hours (200gpu-h): solve the steps that fit.")] = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU for time estimates: a100, h100, h100-pcie, h200, l4, a10g, v100.")] = None,
+    budget: Annotated[str | None, typer.Option("--budget", help="FLOPs (3e18) or GPU-hours (200gpu-h): solve the steps that fit.")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU for time estimates: a100, h100, h100-pcie, h200, l4, a10g, v100.")] = None,
     mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for time estimates.")] = 0.4,
     n_gpus: Annotated[int, typer.Option("--gpus", help="GPUs the run uses (time estimates).")] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="Peak to use: bf16, fp16, tf32, fp32.")] = "bf16",
-    peak: Annotated[Optional[float], typer.Option("--peak", help="Override the GPU's dense peak, TFLOP/s.")] = None,
-    equal_to: Annotated[Optional[Path], typer.Option("--equal-flops-to", help="Solve steps so this recipe costs what OTHER.toml costs.")] = None,
+    peak: Annotated[float | None, typer.Option("--peak", help="Override the GPU's dense peak, TFLOP/s.")] = None,
+    equal_to: Annotated[Path | None, typer.Option("--equal-flops-to", help="Solve steps so this recipe costs what OTHER.toml costs.")] = None,
 ) -> None:
     from ..budget import budget_flops, gpu_peak, hours, parse_budget, solve_steps
     from ..errors import UserError
@@ -87,7 +87,7 @@ def _stage_steps(r, steps: int) -> list[str]:
 
 
 def _contract(p: dict) -> dict:
-    """The `raptr flops --json` document (cli.md contract) plus the layers-only figures."""
+    """The `raptr flops --json` document (its keys are a contract: README, `raptr flops`) plus the layers-only figures."""
     from ..schedule import size_key
 
     size = size_key(p["method"])

@@ -35,7 +35,17 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import analyze_cmd, compare_cmd, data_cmd, eval_cmd, export_cmd, finetune_cmd, flops_cmd, pretrain_cmd, recipe_cmd
+    from . import (
+        analyze_cmd,
+        compare_cmd,
+        data_cmd,
+        eval_cmd,
+        export_cmd,
+        finetune_cmd,
+        flops_cmd,
+        pretrain_cmd,
+        recipe_cmd,
+    )
 
     app.command("pretrain", help=pretrain_cmd.HELP, no_args_is_help=True)(guarded(pretrain_cmd.pretrain))
     app.add_typer(data_cmd.app, name="data")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file.", metavar="RECIPE.toml")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: runs/<run.name>).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<run.name>).")]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE",
                  help="Override a recipe key, typed by the recipe schema; repeatable (--set train.steps=200)."),
 ]

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from .boundary import guarded
-
 from .options import RecipeArg, SetOpt
 
 app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)

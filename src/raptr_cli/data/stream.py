@@ -160,7 +160,4 @@ def source_fingerprints(files: list[Path] | str, text_field: str) -> list[dict]:
 
 def count_documents(files: list[Path] | str, text_field: str) -> int:
     """How many non-blank documents the corpus holds (one streaming pass)."""
-    n = 0
-    for n, _ in enumerate(iter_documents(files, text_field), 1):
-        pass
-    return n
+    return sum(1 for _ in iter_documents(files, text_field))

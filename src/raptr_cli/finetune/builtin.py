@@ -27,7 +27,7 @@ import re
 
 from ..errors import UserError
 from .config import FinetuneConfig
-from .tasks import Split, Task, make_task
+from .task import Split, Task, make_task
 
 WORDS = 40
 """A passage is consecutive dialogue lines up to at least this many words."""

@@ -25,7 +25,7 @@ from .config import FinetuneConfig, config_dict
 from .heads import classifier_for, encode
 from .loop import Data, Progress, finetune, main_metric
 from .metrics import CLASSIFICATION, REGRESSION, mean_std
-from .tasks import Task
+from .task import Task
 
 INITS = ("pretrained", "scratch")
 

@@ -9,24 +9,22 @@ and the `blocks` ModuleList (stacking grows it).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import UserError
 from .bert import SPEC as BERT
 from .registry import arch_spec, register, spec_of
 from .ul2 import SPEC as UL2
 
-if TYPE_CHECKING:
-    from ..recipe import ModelConfig, Recipe
-
 for _spec in (BERT, UL2):
     register(_spec)
 
 
-def resolve_model_config(model: ModelConfig | Recipe, vocab_size: int, seq_len: int | None = None) -> Any:
-    """The architecture config the recipe's [model] section asks for: preset, then its overrides,
-    with positions for at least `seq_len` tokens. A whole Recipe (seq_len None) reads its
-    [model] section and train.seq_len."""
+def resolve_model_config(model: Any, vocab_size: int, seq_len: int | None = None) -> Any:
+    """The architecture config the recipe's [model] section (`recipe.ModelConfig`) asks for: preset,
+    then its overrides, with positions for at least `seq_len` tokens. A whole `recipe.Recipe` (seq_len
+    None) reads its [model] section and train.seq_len. (Typed Any: the recipe imports this module, so
+    importing its classes here would close a circle.)"""
     if seq_len is None:
         model, seq_len = model.model, model.train.seq_len
     spec = arch_spec(model.arch)

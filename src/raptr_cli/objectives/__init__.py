@@ -8,13 +8,10 @@ An architecture names its default objective (`models.registry.ArchSpec.objective
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .base import Objective, ObjectiveSpec, objective_spec, register_objective
 from .config import mixture_head_fraction, mixture_problems
-
-if TYPE_CHECKING:
-    from ..recipe import Recipe
 
 
 def _mlm() -> Any:
@@ -39,14 +36,14 @@ UL2 = register_objective(ObjectiveSpec(
     problems=lambda o: mixture_problems(o.denoisers, "objective.denoisers")))
 
 
-def objective_spec_for(recipe: Recipe) -> ObjectiveSpec:
-    """The objective of the recipe's architecture."""
+def objective_spec_for(recipe: Any) -> ObjectiveSpec:
+    """The objective of a `recipe.Recipe`'s architecture (typed Any: the recipe imports this package)."""
     from ..models.registry import arch_spec
 
     return objective_spec(arch_spec(recipe.model.arch).objective)
 
 
-def objective_for(recipe: Recipe, specials: dict, vocab_size: int) -> Objective:
+def objective_for(recipe: Any, specials: dict, vocab_size: int) -> Objective:
     """The recipe's objective, built for a tokenizer's specials and vocabulary."""
     cls = objective_spec_for(recipe).load()
     return cls(recipe.objective, specials, vocab_size, recipe.train.seq_len)

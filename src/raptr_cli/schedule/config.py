@@ -4,8 +4,17 @@ TOML schema; what they mean for each method, and which of them a method checks, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from .methods import METHODS, method_class
+METHODS: dict[str, Any] = {}
+"""The registry of schedule methods, name -> `methods.base.Method` subclass, filled by `methods/__init__.py`
+(one line per method). It lives here, with the section that names a method, so that the config, the plan
+and the methods import each other in one direction only (methods -> plan -> config)."""
+
+
+def method_class(name: str) -> Any:
+    """The Method class registered as `name` (a validated recipe always names one)."""
+    return METHODS[name]
 
 
 @dataclass

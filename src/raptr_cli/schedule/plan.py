@@ -7,11 +7,11 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Any
 
 from ..errors import UserError
 from ..subnet import Subnet
-from .config import ScheduleConfig
-from .methods import Method, method_class
+from .config import ScheduleConfig, method_class
 from .stages import LENGTH_KEYS, SIZE_KEYS, WIDTH_KEYS, Stage, stage_ends, stage_length
 
 
@@ -21,8 +21,9 @@ class Plan:
 
     method: str
     """The `schedule.method` name, as logged."""
-    rule: Method
-    """The Method that resolved this plan and answers its per-step questions."""
+    rule: Any
+    """The `methods.base.Method` that resolved this plan and answers its per-step questions (typed Any:
+    the methods import this module)."""
     n_layers: int
     stages: list[Stage]
     fixed: list[int]

@@ -25,7 +25,6 @@ from ..errors import UserError
 from ..models.registry import arch_spec
 from ..recipe import Recipe
 
-
 SMALL_CORPUS = 8 << 20  # bytes of files below which a store is built in this process alone
 
 

@@ -10,27 +10,26 @@ from pathlib import Path
 import torch
 
 from .. import floor
-from .. import flops as F
 from ..data.corpus import sha256_file
 from ..errors import UserError
+from ..flops import step_flops
 from ..models import build_model, resolve_model_config
 from ..models.common import grow_by_stacking
 from ..objectives import objective_for
-from ..planning import effective_precision, model_dims
+from ..planning import effective_precision, fsdp_options, model_dims
 from ..recipe import Recipe
 from ..schedule import Plan, build_plan, method_class
 from . import checkpoint as ckpt
 from .data_setup import RunData, prepare_data
 from .fingerprint import check_same_data, data_fingerprint
 from .metrics import JsonlSink, MetricsLogger, Sink, TrackerSink
-from .rundir import prepare_out_dir, resolved_toml, write_recipe  # noqa: F401 (re-exported for callers)
 from .optim import build_optimizer, lr_factor, warmup_steps_of
 from .prefetch import Prefetcher
-from .sharding import fsdp_options, fsdp_requested, full_state, load_full_state, shard_model
+from .sharding import fsdp_requested, full_state, load_full_state, shard_model
 from .stage_stats import StageTracker
 from .state import TrainState
-from .stopping import StopSignals
 from .step import evaluate, forward_backward, step_seed, sync_gradients, train_batch
+from .stopping import StopSignals
 from .throughput import Throughput, device_peak, peak_rss_mb
 from .width import masked_update
 
@@ -322,8 +321,8 @@ class Trainer:
             with masked_update(self.opt, self.model, subnet):  # dropped heads/units: untouched (width.py)
                 grad_norm, lr = self._apply(step, params, loss)
             self.step = step + 1
-            meter.count(tokens, F.step_flops(self.dims, len(layers), tokens, n_global, stage.heads_fraction,
-                                             stage.mlp_fraction))
+            meter.count(tokens, step_flops(self.dims, len(layers), tokens, n_global, stage.heads_fraction,
+                                           stage.mlp_fraction))
             self.stages.step_done(self._log_step(stage, len(layers), loss, lr, grad_norm, meter))
             meter.end_step()
 

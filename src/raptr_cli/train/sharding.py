@@ -25,8 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..planning import env_flag, fsdp_options  # noqa: F401 (fsdp_options re-exported for the trainer)
+from ..planning import env_flag
 
 
 def fsdp_requested(accelerator=None) -> bool:
@@ -61,8 +60,7 @@ def shard_model(model: nn.Module, device: torch.device, reshard_after_forward: b
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
     """Full (unsharded) model and optimizer state dicts on rank 0, on the CPU; empty elsewhere.
     A collective: every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd = get_model_state_dict(model, options=opts)
@@ -73,8 +71,7 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
 def load_full_state(model: nn.Module, model_state: dict, optimizer: torch.optim.Optimizer | None = None,
                     optimizer_state: dict | None = None) -> None:
     """Shard full state dicts (present on every rank) into the sharded model and optimizer."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_state, options=opts)

@@ -3,6 +3,7 @@ module with a `Method` subclass and one line below."""
 
 from __future__ import annotations
 
+from ..config import METHODS, method_class
 from .base import Checks, Method
 from .baseline import Baseline
 from .pld import PLD
@@ -10,18 +11,13 @@ from .raptr import RaPTr
 from .stacking import Stacking
 from .stochastic_depth import StochasticDepth
 
-METHODS: dict[str, type[Method]] = {
+METHODS.update({
     "baseline": Baseline,
     "raptr": RaPTr,
     "stacking": Stacking,
     "pld": PLD,
     "stochastic_depth": StochasticDepth,
-}
-
-
-def method_class(name: str) -> type[Method]:
-    """The class registered as `name` (a validated recipe always names one)."""
-    return METHODS[name]
+})
 
 
 def size_key(name: str | None) -> str:

@@ -26,19 +26,15 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from path_ratio import SECTIONS, StepBench, busy_note  # noqa: E402  (a sibling module: run as a script)
-
-from raptr_cli.flops import step_flops  # noqa: E402
-from raptr_cli.planning import model_dims  # noqa: E402
-from raptr_cli.schedule import ScheduleConfig, StageConfig, build_plan  # noqa: E402
-from raptr_cli.train.step import forward_backward  # noqa: E402
-from raptr_cli.train.width import masked_update  # noqa: E402
+from path_ratio import SECTIONS, StepBench, busy_note
+from raptr_cli.flops import step_flops
+from raptr_cli.planning import model_dims
+from raptr_cli.schedule import ScheduleConfig, StageConfig, build_plan
+from raptr_cli.train.step import forward_backward
+from raptr_cli.train.width import masked_update
 
 TOLERANCE = 0.10
 HIDDEN, LAYERS, HEADS = 256, 12, 4

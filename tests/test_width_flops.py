@@ -14,7 +14,8 @@ from raptr_cli.models.bert.model import BertForMaskedLM
 from raptr_cli.models.common import block_widths
 from raptr_cli.models.ul2.config import DecoderConfig
 from raptr_cli.models.ul2.model import DecoderForPrefixLM, rotary_cos_sin
-from raptr_cli.schedule import ScheduleConfig, StageConfig as S, build_plan
+from raptr_cli.schedule import ScheduleConfig, build_plan
+from raptr_cli.schedule import StageConfig as S
 from raptr_cli.subnet import Subnet
 
 H, FF, NH, T, B = 64, 256, 4, 32, 2

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from raptr_cli.errors import UserError
-from raptr_cli.schedule import ScheduleConfig, StageConfig as S, build_plan, describe, rescaled_schedule
-from raptr_cli.schedule.rng import sample_parts, stream, step_generator
+from raptr_cli.schedule import ScheduleConfig, build_plan, describe, rescaled_schedule
+from raptr_cli.schedule import StageConfig as S
+from raptr_cli.schedule.rng import sample_parts, step_generator, stream
 
 WIDTHS = (4, 16)  # num_heads, intermediate_size
 

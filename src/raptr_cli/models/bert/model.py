@@ -29,8 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from raptr_cli.models.bert.config import BertConfig
-from raptr_cli.models.common import (Width, block_widths, branch_scale, cols_linear, gather_labelled, resolve_path,
-                                     rows_linear)
+from raptr_cli.models.common import (
+    Width,
+    block_widths,
+    branch_scale,
+    cols_linear,
+    gather_labelled,
+    resolve_path,
+    rows_linear,
+)
 from raptr_cli.subnet import Subnet
 
 

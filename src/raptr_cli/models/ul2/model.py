@@ -24,8 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raptr_cli.models.common import (Width, block_widths, branch_scale, cols_linear, gather_labelled, resolve_path,
-                                     rows_linear)
+from raptr_cli.models.common import (
+    Width,
+    block_widths,
+    branch_scale,
+    cols_linear,
+    gather_labelled,
+    resolve_path,
+    rows_linear,
+)
 from raptr_cli.models.ul2.config import DecoderConfig
 from raptr_cli.subnet import Subnet
 

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import raptr_cli.train.loop as loop
+import raptr_cli.train.rundir as rundir
 from raptr_cli.cli.main import app
 from raptr_cli.flops import layer_flops_per_token
 from raptr_cli.models import resolve_model_config
@@ -320,8 +321,8 @@ def _dp_rank(recipe, out: Path, record: Path) -> None:
     torch.set_num_threads(1)  # 2 ranks x 1 thread on 2 cores
     acc = Accelerator(cpu=True)
     if acc.is_main_process:
-        loop.prepare_out_dir(out, False, False)
-        loop.write_recipe(recipe, out)
+        rundir.prepare_out_dir(out, False, False)
+        rundir.write_recipe(recipe, out)
     acc.wait_for_everyone()
     trainer = loop.Trainer(recipe, out, acc, console=None)
     planned, ran, draw = [], [], trainer.plan.active_layers

@@ -11,9 +11,15 @@ def as_checks(rows: list[dict], passed: Callable[[dict], bool]) -> dict:
     for r in rows:
         target = r["target"]
         dev = (r["measured"] / target - 1) if isinstance(target, (int, float)) and target else 0.0
-        checks.append({"name": r["name"], "measured": float(r["measured"]),
-                       "analytic": float(target) if target is not None else float("nan"),
-                       "deviation": dev, "pass": bool(passed(r))})
+        checks.append(
+            {
+                "name": r["name"],
+                "measured": float(r["measured"]),
+                "analytic": float(target) if target is not None else float("nan"),
+                "deviation": dev,
+                "pass": bool(passed(r)),
+            }
+        )
     return {"checks": checks, "tolerance": 0.0}
 
 

@@ -82,15 +82,36 @@ class Scale:
     trainer: dict = field(default_factory=dict)  # gpu_trainer.trainer_run keywords
 
 
-GPU = Scale(ModelSpec("BERT-base 12x768", 12, 768, 12, 30522, (6, 8, 10)),
-            ModelSpec("24x1024", 24, 1024, 16, 30522, (12, 16, 20)),
-            batch=256, seq_len=128, precision="bf16", rounds=20, large_rounds=10, warmup=3, slice_s=20.0,
-            trainer={"steps": 80, "log_every": 5})
-SMOKE = Scale(ModelSpec("smoke 12x64", 12, 64, 1, 1000, (6, 8, 10)),
-              ModelSpec("smoke 24x64", 24, 64, 1, 1000, (12, 16, 20)),
-              batch=4, seq_len=32, precision="fp32", rounds=3, large_rounds=2, warmup=1, slice_s=5.0,
-              trainer={"steps": 8, "log_every": 1, "vocab_size": 1000, "n_words": 8000,
-                       "model": {"hidden_size": 64, "num_heads": 1, "intermediate_size": 256}})
+GPU = Scale(
+    ModelSpec("BERT-base 12x768", 12, 768, 12, 30522, (6, 8, 10)),
+    ModelSpec("24x1024", 24, 1024, 16, 30522, (12, 16, 20)),
+    batch=256,
+    seq_len=128,
+    precision="bf16",
+    rounds=20,
+    large_rounds=10,
+    warmup=3,
+    slice_s=20.0,
+    trainer={"steps": 80, "log_every": 5},
+)
+SMOKE = Scale(
+    ModelSpec("smoke 12x64", 12, 64, 1, 1000, (6, 8, 10)),
+    ModelSpec("smoke 24x64", 24, 64, 1, 1000, (12, 16, 20)),
+    batch=4,
+    seq_len=32,
+    precision="fp32",
+    rounds=3,
+    large_rounds=2,
+    warmup=1,
+    slice_s=5.0,
+    trainer={
+        "steps": 8,
+        "log_every": 1,
+        "vocab_size": 1000,
+        "n_words": 8000,
+        "model": {"hidden_size": 64, "num_heads": 1, "intermediate_size": 256},
+    },
+)
 
 
 def device_name(cuda: bool) -> str:
@@ -118,19 +139,35 @@ def run(a: argparse.Namespace, log=print) -> dict:
     modes = [m for m in a.modes.split(",") if m] if a.modes else (["eager", "compiled"] if cuda else ["eager"])
     try:
         import transformers
+
         hf_version = transformers.__version__
     except ImportError:
         hf_version = None
-        notes.append("transformers is not installed: the raptr/HF rows are skipped "
-                     "(install it, or carry its wheel: docs/benchmarks.md)")
+        notes.append(
+            "transformers is not installed: the raptr/HF rows are skipped "
+            "(install it, or carry its wheel: docs/benchmarks.md)"
+        )
     only = set(a.only.split(",")) if a.only else {"base", "trainer", "large"}
-    doc = {"date": datetime.date.today().isoformat(), "device": device_name(cuda), "cuda": cuda,
-           "cpu_smoke": not cuda, "torch": torch.__version__, "transformers": hf_version,
-           "command": "python bench/gpu.py " + " ".join(a.argv),
-           "config": asdict(s), "peak_tflops": peak / 1e12 if peak else None, "budget_s": a.budget_s,
-           "base": {}, "large": {}, "trainer": None, "notes": notes}
-    log(f"{doc['device']}, torch {torch.__version__}, {s.precision}, batch {s.batch} x {s.seq_len}, "
-        f"modes {', '.join(modes)}, budget {a.budget_s:.0f} s")
+    doc = {
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(cuda),
+        "cuda": cuda,
+        "cpu_smoke": not cuda,
+        "torch": torch.__version__,
+        "transformers": hf_version,
+        "command": "python bench/gpu.py " + " ".join(a.argv),
+        "config": asdict(s),
+        "peak_tflops": peak / 1e12 if peak else None,
+        "budget_s": a.budget_s,
+        "base": {},
+        "large": {},
+        "trainer": None,
+        "notes": notes,
+    }
+    log(
+        f"{doc['device']}, torch {torch.__version__}, {s.precision}, batch {s.batch} x {s.seq_len}, "
+        f"modes {', '.join(modes)}, budget {a.budget_s:.0f} s"
+    )
 
     def left() -> float:
         return deadline - time.perf_counter()
@@ -139,8 +176,9 @@ def run(a: argparse.Namespace, log=print) -> dict:
         if name.split()[0] not in only:
             return False
         if left() < need_s:
-            notes.append(f"{name}: skipped, {left():.0f} s left of the {a.budget_s:.0f} s budget "
-                         f"(it needs about {need_s:.0f} s)")
+            notes.append(
+                f"{name}: skipped, {left():.0f} s left of the {a.budget_s:.0f} s budget (it needs about {need_s:.0f} s)"
+            )
             log(f"== {name}: skipped (deadline)")
             return False
         log(f"== {name}")
@@ -158,11 +196,23 @@ def run(a: argparse.Namespace, log=print) -> dict:
                 torch.cuda.empty_cache()
             return None
 
-    need = (lambda gpu_s: gpu_s if cuda else 0.5)  # rough minimum of a phase; CPU smoke: always run
+    need = lambda gpu_s: gpu_s if cuda else 0.5  # rough minimum of a phase; CPU smoke: always run
     for i, mode in enumerate(modes):
         if phase(f"base {mode}", need(15 if mode == "eager" else 45)):
-            res = guarded(f"base {mode}", lambda mode=mode, i=i: measure(s.base, mode == "compiled", s, device, s.rounds, deadline,
-                                                          peak, with_hf=i == 0 and hf_version is not None, log=log))
+            res = guarded(
+                f"base {mode}",
+                lambda mode=mode, i=i: measure(
+                    s.base,
+                    mode == "compiled",
+                    s,
+                    device,
+                    s.rounds,
+                    deadline,
+                    peak,
+                    with_hf=i == 0 and hf_version is not None,
+                    log=log,
+                ),
+            )
             if res:
                 doc["base"][mode] = res
     rec = recommended(doc["base"], s)
@@ -171,9 +221,19 @@ def run(a: argparse.Namespace, log=print) -> dict:
         from gpu_trainer import trainer_run
 
         with tempfile.TemporaryDirectory(prefix="raptr-gpu-bench-") as tmp:
-            doc["trainer"] = guarded("trainer", lambda: trainer_run(
-                Path(tmp), cuda=cuda, batch=s.batch, micro=a.micro or s.batch, seq_len=s.seq_len,
-                compiled=rec == "compiled", log=log, **s.trainer))
+            doc["trainer"] = guarded(
+                "trainer",
+                lambda: trainer_run(
+                    Path(tmp),
+                    cuda=cuda,
+                    batch=s.batch,
+                    micro=a.micro or s.batch,
+                    seq_len=s.seq_len,
+                    compiled=rec == "compiled",
+                    log=log,
+                    **s.trainer,
+                ),
+            )
         if doc["trainer"]:
             notes += doc["trainer"].pop("notes")
         if cuda:
@@ -181,8 +241,12 @@ def run(a: argparse.Namespace, log=print) -> dict:
             torch.cuda.reset_peak_memory_stats()
     for mode in modes:
         if phase(f"large {mode}", need(15 if mode == "eager" else 45)):
-            res = guarded(f"large {mode}", lambda mode=mode: measure(s.large, mode == "compiled", s, device, s.large_rounds,
-                                                           deadline, peak, with_hf=False, log=log))
+            res = guarded(
+                f"large {mode}",
+                lambda mode=mode: measure(
+                    s.large, mode == "compiled", s, device, s.large_rounds, deadline, peak, with_hf=False, log=log
+                ),
+            )
             if res:
                 doc["large"][mode] = res
     doc.update(summary(doc, s))
@@ -211,14 +275,14 @@ def summary(doc: dict, s: Scale) -> dict:
     hf_res = next((r for r in doc["base"].values() if "hf" in r), None)
     out["vs_hf"] = hf_res["hf"]["raptr_over_hf"] if hf_res else None
     rec = doc["base"].get(doc["recommended_mode"])
-    out["vs_hf_recommended"] = (hf_res["hf"]["step_s"] / rec["paths"][str(s.base.layers)]["step_s"]
-                                if hf_res and rec else None)
+    out["vs_hf_recommended"] = (
+        hf_res["hf"]["step_s"] / rec["paths"][str(s.base.layers)]["step_s"] if hf_res and rec else None
+    )
     tr = doc["trainer"] or {}
     out["data_share"] = tr.get("data_share")
     out["peak_memory_gib"] = tr.get("peak_memory_gib")
     out["memory_estimate_gib"] = tr.get("estimate_gib")
-    out["memory_estimate_over_peak"] = (tr["estimate_gib"] / tr["peak_memory_gib"]
-                                        if tr.get("peak_memory_gib") else None)
+    out["memory_estimate_over_peak"] = tr["estimate_gib"] / tr["peak_memory_gib"] if tr.get("peak_memory_gib") else None
     return out
 
 
@@ -246,13 +310,22 @@ def output_path(json_flag: bool, json_out: str | None, cuda: bool) -> str | None
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", action="store_true",
-                    help=f"write the results as JSON: {RESULTS.relative_to(REPO)} on a GPU, stdout on the CPU")
+    ap.add_argument(
+        "--json",
+        action="store_true",
+        help=f"write the results as JSON: {RESULTS.relative_to(REPO)} on a GPU, stdout on the CPU",
+    )
     ap.add_argument("--json-out", default=None, help="write the JSON here instead ('-' = stdout)")
     ap.add_argument("--cpu-smoke", action="store_true", help="the tiny CPU scale even where CUDA is available")
-    ap.add_argument("--budget-s", type=float, default=220.0,
-                    help="global deadline in seconds (default 220: with start-up and the last phase's overrun, ~4 minutes)")
-    ap.add_argument("--modes", default=None, help="comma list of eager, compiled (default: both on a GPU, eager on CPU)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=220.0,
+        help="global deadline in seconds (default 220: with start-up and the last phase's overrun, ~4 minutes)",
+    )
+    ap.add_argument(
+        "--modes", default=None, help="comma list of eager, compiled (default: both on a GPU, eager on CPU)"
+    )
     ap.add_argument("--only", default=None, help="comma list of phases: base, trainer, large (default: all)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 256; CPU smoke 4)")
     ap.add_argument("--micro", type=int, default=None, help="trainer micro-batch (default: the whole batch)")
@@ -263,8 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available() and not a.cpu_smoke
     out = output_path(a.json, a.json_out, cuda)
     if out not in (None, "-") and not cuda and Path(out).resolve() == RESULTS.resolve():
-        print(f"bench/gpu.py: refusing to write CPU figures to {RESULTS.relative_to(REPO)} (it holds GPU "
-              "results only); give another --json-out path", file=sys.stderr)
+        print(
+            f"bench/gpu.py: refusing to write CPU figures to {RESULTS.relative_to(REPO)} (it holds GPU "
+            "results only); give another --json-out path",
+            file=sys.stderr,
+        )
         return 2
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -52,10 +52,21 @@ class HFStep:
         import transformers
 
         c = b.cfg
-        self.model = transformers.BertForMaskedLM(transformers.BertConfig(
-            vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
-            num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size,
-            max_position_embeddings=c.max_position_embeddings, attn_implementation="sdpa")).to(b.device).train()
+        self.model = (
+            transformers.BertForMaskedLM(
+                transformers.BertConfig(
+                    vocab_size=c.vocab_size,
+                    hidden_size=c.hidden_size,
+                    num_hidden_layers=c.num_layers,
+                    num_attention_heads=c.num_heads,
+                    intermediate_size=c.intermediate_size,
+                    max_position_embeddings=c.max_position_embeddings,
+                    attn_implementation="sdpa",
+                )
+            )
+            .to(b.device)
+            .train()
+        )
         cuda = b.device.type == "cuda"
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, **({"fused": True} if cuda else {}))
         self.batches = [tuple(t.pin_memory() if cuda else t for t in b.masked(1000 + i)) for i in range(4)]
@@ -74,15 +85,24 @@ class HFStep:
         self.opt.zero_grad(set_to_none=True)
 
 
-def measure(spec, compiled: bool, s, device: str, rounds: int, until: float, peak: float | None,
-            with_hf: bool, log=print) -> dict:
+def measure(
+    spec, compiled: bool, s, device: str, rounds: int, until: float, peak: float | None, with_hf: bool, log=print
+) -> dict:
     """Interleaved rounds of the full model, its k-layer paths (and HF); medians and ratios. `spec`
     is a gpu.ModelSpec, `s` a gpu.Scale (batch, seq_len, precision, warmup, slice_s)."""
     cuda = device == "cuda"
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    b = StepBench(spec.hidden, s.seq_len, s.batch, spec.vocab, device=device, precision=s.precision,
-                  layers=spec.layers, heads=spec.heads)
+    b = StepBench(
+        spec.hidden,
+        s.seq_len,
+        s.batch,
+        spec.vocab,
+        device=device,
+        precision=s.precision,
+        layers=spec.layers,
+        heads=spec.heads,
+    )
     hf, configs = None, []
     try:
         if compiled:
@@ -117,27 +137,47 @@ def measure(spec, compiled: bool, s, device: str, rounds: int, until: float, pea
         n_masked = int((b.masked(0)[1] != -100).sum())
         full_flops = step_flops(dims, L, b.tokens, n_masked)
         full = times[str(L)]
-        res = {"model": spec.name, "compiled": compiled, "rounds": len(full), "warmup_s": warm_s,
-               "tokens_per_step": b.tokens, "n_masked": n_masked, "paths": {}}
+        res = {
+            "model": spec.name,
+            "compiled": compiled,
+            "rounds": len(full),
+            "warmup_s": warm_s,
+            "tokens_per_step": b.tokens,
+            "n_masked": n_masked,
+            "paths": {},
+        }
         for k in (L, *spec.ks):
             t = statistics.median(times[str(k)])
             fl = step_flops(dims, k, b.tokens, n_masked)
-            row = {"step_s": t, "tokens_per_s": b.tokens / t, "tflops_per_s": fl / t / 1e12,
-                   "mfu": fl / t / peak if peak else None}
+            row = {
+                "step_s": t,
+                "tokens_per_s": b.tokens / t,
+                "tflops_per_s": fl / t / 1e12,
+                "mfu": fl / t / peak if peak else None,
+            }
             if k != L:
                 row["measured_ratio"] = statistics.median(a / f for a, f in zip(times[str(k)], full))
                 row["flops_ratio"] = fl / full_flops
                 row["ratio_vs_flops"] = row["measured_ratio"] / row["flops_ratio"]
             res["paths"][str(k)] = row
-            log(f"  {spec.name} {'compiled' if compiled else 'eager'} k={k:2d}: {t * 1e3:8.2f} ms  "
-                f"{row['tokens_per_s']:12,.0f} tok/s" + (f"  MFU {row['mfu']:.1%}" if peak else "")
-                + (f"  ratio/FLOPs {row['ratio_vs_flops']:.3f}" if k != L else ""))
+            log(
+                f"  {spec.name} {'compiled' if compiled else 'eager'} k={k:2d}: {t * 1e3:8.2f} ms  "
+                f"{row['tokens_per_s']:12,.0f} tok/s"
+                + (f"  MFU {row['mfu']:.1%}" if peak else "")
+                + (f"  ratio/FLOPs {row['ratio_vs_flops']:.3f}" if k != L else "")
+            )
         if hf is not None:
             t = statistics.median(times["hf"])
-            res["hf"] = {"step_s": t, "tokens_per_s": b.tokens / t, "mfu": full_flops / t / peak if peak else None,
-                         "raptr_over_hf": statistics.median(h / f for h, f in zip(times["hf"], full))}
-            log(f"  transformers BertForMaskedLM (sdpa): {t * 1e3:8.2f} ms  {b.tokens / t:12,.0f} tok/s  "
-                f"raptr/HF {res['hf']['raptr_over_hf']:.2f}x")
+            res["hf"] = {
+                "step_s": t,
+                "tokens_per_s": b.tokens / t,
+                "mfu": full_flops / t / peak if peak else None,
+                "raptr_over_hf": statistics.median(h / f for h, f in zip(times["hf"], full)),
+            }
+            log(
+                f"  transformers BertForMaskedLM (sdpa): {t * 1e3:8.2f} ms  {b.tokens / t:12,.0f} tok/s  "
+                f"raptr/HF {res['hf']['raptr_over_hf']:.2f}x"
+            )
         res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         res["wall_s"] = time.perf_counter() - t0
         return res

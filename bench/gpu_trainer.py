@@ -51,7 +51,7 @@ def synthetic_data(folder: Path, vocab_size: int, n_words: int, seed: int = 0) -
     p = 1.0 / (np.arange(len(words)) + 10.0)
     ids = rng.choice(len(words), size=n_words, p=p / p.sum())
     arr = np.array(words)
-    train.write_text("\n".join(" ".join(arr[ids[i:i + 400]]) for i in range(0, n_words, 400)) + "\n")
+    train.write_text("\n".join(" ".join(arr[ids[i : i + 400]]) for i in range(0, n_words, 400)) + "\n")
     return train, tok_file
 
 
@@ -93,9 +93,22 @@ def _weighted(rows: list[dict], key: str) -> float | None:
     return num / den if den else None
 
 
-def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int, steps: int, log_every: int,
-                compiled: bool, model: dict | None = None, vocab_size: int = 30522, n_words: int = 300_000,
-                eval_fraction: float = 0.12, log=print) -> dict:
+def trainer_run(
+    work: Path,
+    *,
+    cuda: bool,
+    batch: int,
+    micro: int,
+    seq_len: int,
+    steps: int,
+    log_every: int,
+    compiled: bool,
+    model: dict | None = None,
+    vocab_size: int = 30522,
+    n_words: int = 300_000,
+    eval_fraction: float = 0.12,
+    log=print,
+) -> dict:
     """One short `raptr pretrain` of the BERT-base RaPTr recipe in this process. `model`
     overrides [model] keys (the CPU smoke's tiny width). The eval split holds more than one batch
     (~280 blocks of ~2,360), so evals run at the training batch shape, as with a real corpus. Returns data_share, MFU, the stage
@@ -109,11 +122,23 @@ def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int,
     notes: list[str] = []
     t0 = time.perf_counter()
     train, tok_file = synthetic_data(work / "data", vocab_size, n_words)
-    sets = [f'data.train=["{train}"]', f'tokenizer.path="{tok_file}"', f'data.cache_dir="{work / "cache"}"',
-            f"train.steps={steps}", f"train.batch_size={batch}", f"train.micro_batch_size={micro}",
-            f"train.seq_len={seq_len}", "train.eval_every=0", "train.eval_batches=1", "train.checkpoint_every=0",
-            f"train.log_every={log_every}", f"data.eval_fraction={eval_fraction}", f"train.compile={'true' if compiled else 'false'}",
-            f"optim.warmup_steps={max(1, steps // 10)}", "log.console=none"]
+    sets = [
+        f'data.train=["{train}"]',
+        f'tokenizer.path="{tok_file}"',
+        f'data.cache_dir="{work / "cache"}"',
+        f"train.steps={steps}",
+        f"train.batch_size={batch}",
+        f"train.micro_batch_size={micro}",
+        f"train.seq_len={seq_len}",
+        "train.eval_every=0",
+        "train.eval_batches=1",
+        "train.checkpoint_every=0",
+        f"train.log_every={log_every}",
+        f"data.eval_fraction={eval_fraction}",
+        f"train.compile={'true' if compiled else 'false'}",
+        f"optim.warmup_steps={max(1, steps // 10)}",
+        "log.console=none",
+    ]
     sets += [f"model.{k}={v}" for k, v in (model or {}).items()]
     recipe = load_recipe(RECIPE, sets)
     out = work / "run"
@@ -124,14 +149,20 @@ def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int,
         torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(recipe, out, acc)
     setup_s = time.perf_counter() - t0
-    log(f"  trainer: {recipe.run.name}, {steps} steps of {batch} x {seq_len}, "
-        f"{'compiled' if compiled else 'eager'}, data ready in {setup_s:.1f} s")
+    log(
+        f"  trainer: {recipe.run.name}, {steps} steps of {batch} x {seq_len}, "
+        f"{'compiled' if compiled else 'eager'}, data ready in {setup_s:.1f} s"
+    )
     trainer.run()
     steps_done, state = trainer.step, trainer.state
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     precision = trainer.precision
-    plan = describe_run(recipe, vocab_size=trainer.data.vocab_size, meta_model=True,
-                        precision=effective_precision(recipe.train.precision, cuda))
+    plan = describe_run(
+        recipe,
+        vocab_size=trainer.data.vocab_size,
+        meta_model=True,
+        precision=effective_precision(recipe.train.precision, cuda),
+    )
     del trainer
     if cuda:
         torch.cuda.empty_cache()
@@ -141,8 +172,12 @@ def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int,
     # steady state: the first stage's first quarter holds compilation and allocator warm-up
     steady = [r for r in train_rows if r["step"] > max(log_every, steps // 16)]
     return {
-        "recipe": str(RECIPE.relative_to(REPO)), "overrides": sets, "precision": precision,
-        "steps": steps_done, "setup_s": setup_s, "wall_s": time.perf_counter() - t0,
+        "recipe": str(RECIPE.relative_to(REPO)),
+        "overrides": sets,
+        "precision": precision,
+        "steps": steps_done,
+        "setup_s": setup_s,
+        "wall_s": time.perf_counter() - t0,
         # the median window: robust to a window that also compiled a block (a long step that
         # would pull a time-weighted mean down); the weighted and whole-run figures are beside it
         "data_share": statistics.median(r["data_share"] for r in steady) if steady else None,
@@ -151,6 +186,8 @@ def trainer_run(work: Path, *, cuda: bool, batch: int, micro: int, seq_len: int,
         "data_share_run": state.data_s / max(state.train_s, 1e-9),
         "mfu": statistics.median(r["mfu"] for r in steady) if steady and "mfu" in steady[0] else None,
         "tokens_per_s_stages": {f"{r['path_length']:g}": r["tokens_per_s"] for r in stage_ends},
-        "peak_memory_gib": peak, "estimate_gib": plan["memory"]["total_gib"], "estimate": plan["memory"],
+        "peak_memory_gib": peak,
+        "estimate_gib": plan["memory"]["total_gib"],
+        "estimate": plan["memory"],
         "notes": notes,
     }

@@ -34,15 +34,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def startup(reps: int) -> list[dict]:
     raptr = [sys.executable, "-m", "raptr_cli.cli.main"]
     rows = []
-    for name, args, target in (("raptr --help", ["--help"], 1.0),
-                               ("raptr flops bert-base-raptr", ["flops", str(ROOT / "recipes/bert-base-raptr.toml")], 2.0)):
+    for name, args, target in (
+        ("raptr --help", ["--help"], 1.0),
+        ("raptr flops bert-base-raptr", ["flops", str(ROOT / "recipes/bert-base-raptr.toml")], 2.0),
+    ):
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
             subprocess.run(raptr + args, check=True, capture_output=True)
             times.append(time.perf_counter() - t0)
-        rows.append({"name": f"start-up: {name} (s)", "measured": statistics.median(times), "target": target,
-                     "ok": statistics.median(times) < target})
+        rows.append(
+            {
+                "name": f"start-up: {name} (s)",
+                "measured": statistics.median(times),
+                "target": target,
+                "ok": statistics.median(times) < target,
+            }
+        )
     return rows
 
 
@@ -51,16 +59,25 @@ def _tiny(layers: int = 12, hidden: int = 128):
     from raptr_cli.models.bert.model import BertForMaskedLM
 
     torch.manual_seed(0)
-    return BertForMaskedLM(BertConfig(vocab_size=8192, hidden_size=hidden, num_layers=layers, num_heads=2,
-                                      intermediate_size=4 * hidden, max_position_embeddings=512))
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=8192,
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=2,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=512,
+        )
+    )
 
 
 def _batch(B: int = 16, T: int = 128):
     from raptr_cli.objectives.mlm import mask_tokens
 
     ids = torch.randint(5, 8192, (B, T), generator=torch.Generator().manual_seed(0))
-    return mask_tokens(ids, seed=0, step=0, mlm_probability=0.15, mask_id=4, vocab_size=8192,
-                       special_ids=[0, 1, 2, 3, 4])
+    return mask_tokens(
+        ids, seed=0, step=0, mlm_probability=0.15, mask_id=4, vocab_size=8192, special_ids=[0, 1, 2, 3, 4]
+    )
 
 
 def _paths(n: int, seed: int = 0) -> list[list[int]]:
@@ -102,10 +119,19 @@ def compile_check(steps: int) -> list[dict]:
     after = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
     new_graphs = counters["stats"].get("unique_graphs", 0) - frames_before
     return [
-        {"name": f"compile: recompiles over {steps} new random paths after warm-up", "measured": after - before,
-         "target": 0, "ok": after - before == 0 and new_graphs == 0, "new_graphs": new_graphs},
-        {"name": "compile: eager / compiled step time (>1 = compile pays)",
-         "measured": statistics.median(te) / statistics.median(tc), "target": None, "ok": True},
+        {
+            "name": f"compile: recompiles over {steps} new random paths after warm-up",
+            "measured": after - before,
+            "target": 0,
+            "ok": after - before == 0 and new_graphs == 0,
+            "new_graphs": new_graphs,
+        },
+        {
+            "name": "compile: eager / compiled step time (>1 = compile pays)",
+            "measured": statistics.median(te) / statistics.median(tc),
+            "target": None,
+            "ok": True,
+        },
     ]
 
 
@@ -132,9 +158,16 @@ def activation_memory() -> list[dict]:
     six = saved_bytes([0, 2, 4, 6, 8, 11])  # fixed first and last layer plus four others
     none = saved_bytes([])  # embeddings + head only: what no block holds
     per_block = (full - none) / 12
-    return [{"name": "activations: saved bytes, 6-layer path / full model", "measured": six / full,
-             "target": (none + 6 * per_block) / full, "ok": abs(six - (none + 6 * per_block)) / full < 0.02,
-             "full_mb": full / 2**20, "six_mb": six / 2**20}]
+    return [
+        {
+            "name": "activations: saved bytes, 6-layer path / full model",
+            "measured": six / full,
+            "target": (none + 6 * per_block) / full,
+            "ok": abs(six - (none + 6 * per_block)) / full < 0.02,
+            "full_mb": full / 2**20,
+            "six_mb": six / 2**20,
+        }
+    ]
 
 
 H100_STEP_S = 0.066  # compiled BERT-base full step, batch 256 x 128, bf16 (docs/benchmarks.md)
@@ -167,10 +200,20 @@ def input_pipeline(steps: int) -> list[dict]:
                 time.sleep(H100_STEP_S)  # the GPU computes; the host thread waits on it
         share[background] = waited / (waited + steps * H100_STEP_S)
     what = f"(BERT-base {B}x{T}, simulated {H100_STEP_S * 1e3:.0f} ms GPU step)"
-    return [{"name": f"data wait / step, batch built in the loop {what}", "measured": share[False], "target": None,
-             "ok": True},
-            {"name": f"data wait / step, prefetch thread {what}", "measured": share[True], "target": 0.02,
-             "ok": share[True] < 0.02}]
+    return [
+        {
+            "name": f"data wait / step, batch built in the loop {what}",
+            "measured": share[False],
+            "target": None,
+            "ok": True,
+        },
+        {
+            "name": f"data wait / step, prefetch thread {what}",
+            "measured": share[True],
+            "target": 0.02,
+            "ok": share[True] < 0.02,
+        },
+    ]
 
 
 def rows(quick: bool = False) -> list[dict]:

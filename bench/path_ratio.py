@@ -67,13 +67,29 @@ SECTIONS = ("mask", "fwd_bwd", "clip", "optim")
 class StepBench:
     """One model + AdamW; `step(layers)` runs one timed optimizer step (the Trainer's hot path)."""
 
-    def __init__(self, hidden: int, seq_len: int, batch: int, vocab: int, seed: int = 0, *,
-                 device: str = "cpu", precision: str = "fp32", micro: int | None = None,
-                 layers: int = N_LAYERS, heads: int | None = None):
+    def __init__(
+        self,
+        hidden: int,
+        seq_len: int,
+        batch: int,
+        vocab: int,
+        seed: int = 0,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        micro: int | None = None,
+        layers: int = N_LAYERS,
+        heads: int | None = None,
+    ):
         torch.manual_seed(seed)
-        self.cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
-                              num_heads=heads or max(1, hidden // 64), intermediate_size=4 * hidden,
-                              max_position_embeddings=max(512, seq_len))  # dropout 0.1: the defaults
+        self.cfg = BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=heads or max(1, hidden // 64),
+            intermediate_size=4 * hidden,
+            max_position_embeddings=max(512, seq_len),
+        )  # dropout 0.1: the defaults
         self.model = BertForMaskedLM(self.cfg).to(device).train()
         self.device, self.precision, self.micro = torch.device(device), precision, micro or batch
         self.opt = build_optimizer(self.model, OptimConfig(lr=1e-4))
@@ -101,8 +117,15 @@ class StepBench:
         return time.perf_counter()
 
     def masked(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return mask_tokens(self.ids, seed=0, step=step, mlm_probability=0.15, mask_id=MASK_ID,
-                           vocab_size=self.vocab, special_ids=SPECIALS)
+        return mask_tokens(
+            self.ids,
+            seed=0,
+            step=step,
+            mlm_probability=0.15,
+            mask_id=MASK_ID,
+            vocab_size=self.vocab,
+            special_ids=SPECIALS,
+        )
 
     def step(self, layers: list[int] | None) -> dict[str, float]:
         """Seconds per section of one optimizer step; `layers=None` is the full model (as the
@@ -122,8 +145,14 @@ class StepBench:
         self.opt.zero_grad(set_to_none=True)
         t4, c4 = clock(), time.process_time()
         self.n_step += 1
-        return {"mask": t1 - t0, "fwd_bwd": t2 - t1, "clip": t3 - t2, "optim": t4 - t3, "total": t4 - t0,
-                "cpu": c4 - c0}
+        return {
+            "mask": t1 - t0,
+            "fwd_bwd": t2 - t1,
+            "clip": t3 - t2,
+            "optim": t4 - t3,
+            "total": t4 - t0,
+            "cpu": c4 - c0,
+        }
 
 
 def path_for(k: int, round_: int, n_layers: int = N_LAYERS) -> list[int] | None:
@@ -133,9 +162,16 @@ def path_for(k: int, round_: int, n_layers: int = N_LAYERS) -> list[int] | None:
     return sample_subset(n_layers, [0, n_layers - 1], k, step_generator(1234 + k, round_))
 
 
-def per_step(hidden: int = 128, seq_len: int = 128, batch: int = 32, vocab: int = 8192,
-             ks: tuple[int, ...] = (6, 8, 10), rounds: int = 10, warmup: int = 2,
-             log=print) -> dict:
+def per_step(
+    hidden: int = 128,
+    seq_len: int = 128,
+    batch: int = 32,
+    vocab: int = 8192,
+    ks: tuple[int, ...] = (6, 8, 10),
+    rounds: int = 10,
+    warmup: int = 2,
+    log=print,
+) -> dict:
     """Interleaved timing of k-layer paths vs the full step; returns ratios and a section breakdown."""
     b = StepBench(hidden, seq_len, batch, vocab)
     order = (N_LAYERS, *ks)
@@ -169,19 +205,41 @@ def per_step(hidden: int = 128, seq_len: int = 128, batch: int = 32, vocab: int 
         best = min(t["total"] for t in times[k]) / min(t["total"] for t in times[N_LAYERS])
         analytic = step_flops(dims, k, b.tokens, n_masked) / full
         dev = measured / analytic - 1
-        rows.append({"k": k, "measured_ratio": measured, "analytic_ratio": analytic, "deviation": dev,
-                     "pass": abs(dev) <= TOLERANCE, "median_step_s": med[k]["total"], "cpu_time_ratio": cpu,
-                     "best_of_ratio": best})
+        rows.append(
+            {
+                "k": k,
+                "measured_ratio": measured,
+                "analytic_ratio": analytic,
+                "deviation": dev,
+                "pass": abs(dev) <= TOLERANCE,
+                "median_step_s": med[k]["total"],
+                "cpu_time_ratio": cpu,
+                "best_of_ratio": best,
+            }
+        )
     head_share = (step_flops(dims, 0, b.tokens, n_masked)) / full  # FLOPs the model counts as fixed
     return {
-        "config": {"hidden": hidden, "layers": N_LAYERS, "seq_len": seq_len, "batch": batch, "vocab": vocab,
-                   "dropout": b.cfg.hidden_dropout, "rounds": rounds, "warmup": warmup,
-                   "threads": torch.get_num_threads(), "n_masked": n_masked},
+        "config": {
+            "hidden": hidden,
+            "layers": N_LAYERS,
+            "seq_len": seq_len,
+            "batch": batch,
+            "vocab": vocab,
+            "dropout": b.cfg.hidden_dropout,
+            "rounds": rounds,
+            "warmup": warmup,
+            "threads": torch.get_num_threads(),
+            "n_masked": n_masked,
+        },
         "full_step_s": med[N_LAYERS]["total"],
         "rows": rows,
         "sections_s": {str(k): med[k] for k in order},
-        "fit": {"fixed_s": fixed, "per_layer_s": slope, "fixed_share_of_full": fixed / med[N_LAYERS]["total"],
-                "analytic_fixed_share": head_share},
+        "fit": {
+            "fixed_s": fixed,
+            "per_layer_s": slope,
+            "fixed_share_of_full": fixed / med[N_LAYERS]["total"],
+            "analytic_fixed_share": head_share,
+        },
     }
 
 
@@ -207,8 +265,15 @@ class LockstepClock:
     def log(self, row: dict) -> None:
         now = (time.perf_counter(), time.process_time())
         if "loss" in row and "event" not in row:
-            self.steps.append({"stage": row["stage"], "flops": row["flops"], "clean": not self.dirty,
-                               "wall": now[0] - self.t[0], "cpu": now[1] - self.t[1]})
+            self.steps.append(
+                {
+                    "stage": row["stage"],
+                    "flops": row["flops"],
+                    "clean": not self.dirty,
+                    "wall": now[0] - self.t[0],
+                    "cpu": now[1] - self.t[1],
+                }
+            )
             self._go()
         elif "eval_loss" in row and not self.started:  # the step-0 eval: training starts next
             self.started = True
@@ -224,8 +289,13 @@ class LockstepClock:
         stages: dict[int, list[dict]] = {}
         for x in self.steps:
             stages.setdefault(x["stage"], []).append(x)
-        out = {"flops": self.steps[-1]["flops"], "train_s": 0.0, "cpu_s": 0.0, "stages": {},
-               "all_steps_s": sum(x["wall"] for x in self.steps)}  # evals included
+        out = {
+            "flops": self.steps[-1]["flops"],
+            "train_s": 0.0,
+            "cpu_s": 0.0,
+            "stages": {},
+            "all_steps_s": sum(x["wall"] for x in self.steps),
+        }  # evals included
         for k, xs in stages.items():
             clean = [x for x in xs if x["clean"]] or xs
             wall, cpu = (statistics.median(x[c] for x in clean) for c in ("wall", "cpu"))
@@ -243,9 +313,18 @@ def _child(name: str, steps: int, out: str) -> None:
     from raptr_cli.train.loop import Trainer
     from raptr_cli.train.rundir import prepare_out_dir
 
-    r = load_recipe(REPO / "recipes" / f"bert-tiny-{name}.toml",
-                    [f"train.steps={steps}", "train.eval_every=0", "train.eval_batches=1",
-                     "train.checkpoint_every=0", "train.log_every=1", "log.console=none", "optim.warmup_steps=1"])
+    r = load_recipe(
+        REPO / "recipes" / f"bert-tiny-{name}.toml",
+        [
+            f"train.steps={steps}",
+            "train.eval_every=0",
+            "train.eval_batches=1",
+            "train.checkpoint_every=0",
+            "train.log_every=1",
+            "log.console=none",
+            "optim.warmup_steps=1",
+        ],
+    )
     prepare_out_dir(Path(out), resume=False, overwrite=True)
     clock = LockstepClock()
     Trainer(r, Path(out), Accelerator(cpu=True), console=clock).run()
@@ -268,15 +347,30 @@ def whole_run(steps: int = 40, log=print) -> dict:
     res: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="raptr-bench-") as tmp:
         errs = {n: open(Path(tmp) / f"{n}.err", "w") for n in names}
-        procs = {n: subprocess.Popen(
-            [sys.executable, __file__, "--lockstep-child", n, str(steps), str(Path(tmp) / n),
-             "--threads", str(torch.get_num_threads())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errs[n], text=True) for n in names}
+        procs = {
+            n: subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--lockstep-child",
+                    n,
+                    str(steps),
+                    str(Path(tmp) / n),
+                    "--threads",
+                    str(torch.get_num_threads()),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errs[n],
+                text=True,
+            )
+            for n in names
+        }
 
         def until(n: str, tag: str) -> str:
             for line in procs[n].stdout:  # other output on stdout is skipped
                 if line.startswith(tag):
-                    return line[len(tag):].strip()
+                    return line[len(tag) :].strip()
             raise RuntimeError(f"whole-run child {n!r} died:\n" + (Path(tmp) / f"{n}.err").read_text()[-3000:])
 
         def go(n: str) -> None:
@@ -288,7 +382,7 @@ def whole_run(steps: int = 40, log=print) -> dict:
             for n in names:
                 until(n, "READY")  # both built, both past the step-0 eval
             for i in range(steps):  # every step ends in READY (the last one too)
-                for n in (names if i % 2 == 0 else names[::-1]):
+                for n in names if i % 2 == 0 else names[::-1]:
                     go(n)
                     until(n, "READY")
             for n in names:  # let both finish: final eval, checkpoint, final/ (untimed)
@@ -306,9 +400,17 @@ def whole_run(steps: int = 40, log=print) -> dict:
     measured = r["train_s"] / b["train_s"]
     analytic = r["flops"] / b["flops"]  # same data and masks: exact counts
     dev = measured / analytic - 1
-    return {"steps": steps, "baseline": b, "raptr": r, "measured_ratio": measured, "analytic_ratio": analytic,
-            "deviation": dev, "pass": abs(dev) <= TOLERANCE, "cpu_time_ratio": r["cpu_s"] / b["cpu_s"],
-            "ratio_with_evals": r["all_steps_s"] / b["all_steps_s"]}
+    return {
+        "steps": steps,
+        "baseline": b,
+        "raptr": r,
+        "measured_ratio": measured,
+        "analytic_ratio": analytic,
+        "deviation": dev,
+        "pass": abs(dev) <= TOLERANCE,
+        "cpu_time_ratio": r["cpu_s"] / b["cpu_s"],
+        "ratio_with_evals": r["all_steps_s"] / b["all_steps_s"],
+    }
 
 
 def busy_note(loads: list[float]) -> str | None:
@@ -316,30 +418,54 @@ def busy_note(loads: list[float]) -> str | None:
     (sampled before and after each part, so mostly other processes' load) says it was not."""
     cores = os.cpu_count() or 1
     if max(loads, default=0.0) > 1.5 * cores:
-        return (f"machine busy: load average up to {max(loads):.1f} on {cores} cores while timing; other "
-                "processes compete for the CPU, so ratios are noisy (rerun on an idle machine, or with "
-                "--threads 1, which does not stall on descheduled OpenMP threads)")
+        return (
+            f"machine busy: load average up to {max(loads):.1f} on {cores} cores while timing; other "
+            "processes compete for the CPU, so ratios are noisy (rerun on an idle machine, or with "
+            "--threads 1, which does not stall on descheduled OpenMP threads)"
+        )
     return None
 
 
 def checks(result: dict) -> list[dict]:
     """Flat (name, measured, analytic, deviation, pass) rows: what bench/run.py prints."""
-    rows = [{"name": f"step time, {r['k']}-layer path / 12", "measured": r["measured_ratio"],
-             "analytic": r["analytic_ratio"], "deviation": r["deviation"], "pass": r["pass"]}
-            for r in result["per_step"]["rows"]]
+    rows = [
+        {
+            "name": f"step time, {r['k']}-layer path / 12",
+            "measured": r["measured_ratio"],
+            "analytic": r["analytic_ratio"],
+            "deviation": r["deviation"],
+            "pass": r["pass"],
+        }
+        for r in result["per_step"]["rows"]
+    ]
     w = result.get("whole_run", {})
     if "measured_ratio" in w:
-        rows.append({"name": f"tiny run 6-8-10-12 / baseline ({w['steps']} steps)", "measured": w["measured_ratio"],
-                     "analytic": w["analytic_ratio"], "deviation": w["deviation"], "pass": w["pass"]})
+        rows.append(
+            {
+                "name": f"tiny run 6-8-10-12 / baseline ({w['steps']} steps)",
+                "measured": w["measured_ratio"],
+                "analytic": w["analytic_ratio"],
+                "deviation": w["deviation"],
+                "pass": w["pass"],
+            }
+        )
     return rows
 
 
-def run(quick: bool = False, hidden: int = 128, rounds: int | None = None, run_steps: int | None = None,
-        skip_run: bool = False, log=print) -> dict:
+def run(
+    quick: bool = False,
+    hidden: int = 128,
+    rounds: int | None = None,
+    run_steps: int | None = None,
+    skip_run: bool = False,
+    log=print,
+) -> dict:
     """Both parts; the dict is what --json prints."""
     loads = [os.getloadavg()[0]]
     log(f"per-step: 12-layer BERT h={hidden}, interleaved k = 12, 6, 8, 10")
-    res = {"per_step": per_step(hidden=hidden, rounds=rounds or (6 if quick else 10), warmup=1 if quick else 2, log=log)}
+    res = {
+        "per_step": per_step(hidden=hidden, rounds=rounds or (6 if quick else 10), warmup=1 if quick else 2, log=log)
+    }
     loads.append(os.getloadavg()[0])
     if not skip_run:
         log("whole run: bert-tiny-raptr (6-8-10-12) vs bert-tiny-baseline")
@@ -356,32 +482,48 @@ def print_report(res: dict, out=sys.stdout) -> None:
     p = res["per_step"]
     c = p["config"]
     w = lambda s="": print(s, file=out)  # noqa: E731
-    w(f"\nPath savings: 12-layer BERT h={c['hidden']}, seq {c['seq_len']}, batch {c['batch']}, vocab {c['vocab']}, "
-      f"dropout {c['dropout']}, {c['threads']} threads, {c['rounds']} interleaved rounds")
+    w(
+        f"\nPath savings: 12-layer BERT h={c['hidden']}, seq {c['seq_len']}, batch {c['batch']}, vocab {c['vocab']}, "
+        f"dropout {c['dropout']}, {c['threads']} threads, {c['rounds']} interleaved rounds"
+    )
     w(f"full 12-layer step: {p['full_step_s'] * 1e3:.1f} ms (median)")
     w(f"{'k':>3}  {'measured':>9}  {'analytic':>9}  {'meas/anal-1':>11}  result  {'(best-of':>9}  {'cpu-time)':>9}")
     for r in p["rows"]:
-        w(f"{r['k']:>3}  {r['measured_ratio']:>9.4f}  {r['analytic_ratio']:>9.4f}  {r['deviation']:>+11.2%}  "
-          f"{'PASS' if r['pass'] else 'FAIL'}    {r['best_of_ratio']:>9.4f}  {r['cpu_time_ratio']:>9.4f}")
+        w(
+            f"{r['k']:>3}  {r['measured_ratio']:>9.4f}  {r['analytic_ratio']:>9.4f}  {r['deviation']:>+11.2%}  "
+            f"{'PASS' if r['pass'] else 'FAIL'}    {r['best_of_ratio']:>9.4f}  {r['cpu_time_ratio']:>9.4f}"
+        )
     w("measured = median over rounds of t_k / t_12 (same round); best-of = min t_k / min t_12")
     f = p["fit"]
-    w(f"fit t(k) = {f['fixed_s'] * 1e3:.1f} ms + k x {f['per_layer_s'] * 1e3:.1f} ms: fixed cost is "
-      f"{f['fixed_share_of_full']:.1%} of the full step (FLOPs model: {f['analytic_fixed_share']:.1%}, head only)")
-    w("sections (median ms): " + " | ".join(
-        f"k={k}: " + " ".join(f"{s} {v[s] * 1e3:.0f}" for s in SECTIONS) for k, v in p["sections_s"].items()))
+    w(
+        f"fit t(k) = {f['fixed_s'] * 1e3:.1f} ms + k x {f['per_layer_s'] * 1e3:.1f} ms: fixed cost is "
+        f"{f['fixed_share_of_full']:.1%} of the full step (FLOPs model: {f['analytic_fixed_share']:.1%}, head only)"
+    )
+    w(
+        "sections (median ms): "
+        + " | ".join(
+            f"k={k}: " + " ".join(f"{s} {v[s] * 1e3:.0f}" for s in SECTIONS) for k, v in p["sections_s"].items()
+        )
+    )
     wr = res.get("whole_run")
     if wr and "skipped" in wr:
         w(f"\nwhole run: skipped ({wr['skipped']})")
     elif wr:
         b, r = wr["baseline"], wr["raptr"]
-        w(f"\nWhole tiny run, {wr['steps']} steps each, in lockstep (training time = sum over stages of "
-          "steps x median step):")
-        w(f"  baseline {b['train_s']:.2f} s   raptr 6-8-10-12 {r['train_s']:.2f} s   per-stage raptr step: "
-          + ", ".join(f"{v['median_step_s'] * 1e3:.0f} ms" for v in r["stages"].values())
-          + f" (baseline {b['stages']['0']['median_step_s'] * 1e3:.0f} ms)")
-        w(f"  wall ratio {wr['measured_ratio']:.4f} vs FLOPs ratio {wr['analytic_ratio']:.4f} "
-          f"({wr['deviation']:+.2%}) {'PASS' if wr['pass'] else 'FAIL'}; cpu-time ratio {wr['cpu_time_ratio']:.4f}; "
-          f"all steps incl. the stage-end evals: {wr['ratio_with_evals']:.4f}")
+        w(
+            f"\nWhole tiny run, {wr['steps']} steps each, in lockstep (training time = sum over stages of "
+            "steps x median step):"
+        )
+        w(
+            f"  baseline {b['train_s']:.2f} s   raptr 6-8-10-12 {r['train_s']:.2f} s   per-stage raptr step: "
+            + ", ".join(f"{v['median_step_s'] * 1e3:.0f} ms" for v in r["stages"].values())
+            + f" (baseline {b['stages']['0']['median_step_s'] * 1e3:.0f} ms)"
+        )
+        w(
+            f"  wall ratio {wr['measured_ratio']:.4f} vs FLOPs ratio {wr['analytic_ratio']:.4f} "
+            f"({wr['deviation']:+.2%}) {'PASS' if wr['pass'] else 'FAIL'}; cpu-time ratio {wr['cpu_time_ratio']:.4f}; "
+            f"all steps incl. the stage-end evals: {wr['ratio_with_evals']:.4f}"
+        )
     if res.get("busy"):
         w(f"\nnote: {res['busy']}")
 
@@ -401,8 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 10, quick 6)")
     ap.add_argument("--run-steps", type=int, default=None, help="steps per whole run (default 40, quick 20)")
     ap.add_argument("--skip-run", action="store_true", help="per-step part only")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's choice, one per core); 1 resists a busy machine")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice, one per core); 1 resists a busy machine",
+    )
     a = ap.parse_args(argv)
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
     if a.threads:

@@ -50,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(results, indent=2))
         return 0 if all(c["pass"] for _, c, _ in rows) else 1
-    print("\nSummary: each measured value next to its target (with a tolerance: |measured / target - 1| "
-          "must stay within it; without: the benchmark's own rule, e.g. a bound)")
+    print(
+        "\nSummary: each measured value next to its target (with a tolerance: |measured / target - 1| "
+        "must stay within it; without: the benchmark's own rule, e.g. a bound)"
+    )
     width = max(len(c["name"]) for _, c, _ in rows)
     print(f"{'check':<{width}}  {'measured':>8}  {'target':>8}  {'off by':>7}  {'tol':>4}  result")
     for _, c, tol in rows:
-        print(f"{c['name']:<{width}}  {c['measured']:>8.4f}  {c['analytic']:>8.4f}  {c['deviation']:>+7.1%}  "
-              f"{f'{tol:.0%}' if tol else '-':>4}  {'PASS' if c['pass'] else 'FAIL'}")
+        print(
+            f"{c['name']:<{width}}  {c['measured']:>8.4f}  {c['analytic']:>8.4f}  {c['deviation']:>+7.1%}  "
+            f"{f'{tol:.0%}' if tol else '-':>4}  {'PASS' if c['pass'] else 'FAIL'}"
+        )
     for name, res in results.items():
         if res.get("busy"):
             print(f"{name}: {res['busy']}")

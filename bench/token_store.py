@@ -47,7 +47,7 @@ def _corpus(folder: Path, size_mb: float, seed: int = 0) -> int:
         play = rng.choice(plays)
         n = rng.randint(20_000, 60_000)
         lo = rng.randint(0, max(0, len(play) - n))
-        line = json.dumps({"text": play[lo:lo + n]}) + "\n"
+        line = json.dumps({"text": play[lo : lo + n]}) + "\n"
         fh.write(line)
         written += len(line)
     fh.close()
@@ -66,8 +66,13 @@ intermediate_size = 128\n[data]\ntrain = ["{corpus}/*.jsonl"]\ncache_dir = "{cac
 def _run(args: list[str], env: dict) -> tuple[float, float]:
     """(seconds, peak RSS GB of the process tree) of `python -m raptr_cli.cli.main ARGS`."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "raptr_cli.cli.main", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raptr_cli.cli.main", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     top = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -88,8 +93,12 @@ def run(quick: bool, log, size_mb: float | None = None, procs: tuple[int, ...] =
 
     size_mb = size_mb or (SIZE_MB / 4 if quick else SIZE_MB)
     tmp = Path(tempfile.mkdtemp(prefix="raptr-store-bench-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAPTR_CACHE": str(tmp / "raptr-cache"),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "RAPTR_CACHE": str(tmp / "raptr-cache"),
+        "OMP_NUM_THREADS": "1",
+    }
     try:
         tok = tmp / "tokenizer.json"
         train_wordpiece((f.read_text() for f in corpus_files("shakespeare")), vocab_size=8192).save(str(tok))
@@ -113,19 +122,37 @@ def run(quick: bool, log, size_mb: float | None = None, procs: tuple[int, ...] =
         res["train_rss_gb"] = train
         peak = max(p["peak_rss_gb"] for p in res["prepare"].values())
         ratio = train["big"] / train["small"]
-        speedup = (res["prepare"][2]["mb_per_s"] / res["prepare"][1]["mb_per_s"]
-                   if {1, 2} <= set(res["prepare"]) else None)
+        speedup = (
+            res["prepare"][2]["mb_per_s"] / res["prepare"][1]["mb_per_s"] if {1, 2} <= set(res["prepare"]) else None
+        )
         res["busy"] = "the 2 CPU cores are shared with other jobs: MB/s and the 2-process speed-up are lower bounds"
         res["tolerance"] = 0
         res["checks"] = [
-            {"name": "prepare peak RSS GB (<= 2)", "measured": peak, "analytic": PEAK_RSS_LIMIT_GB,
-             "deviation": peak / PEAK_RSS_LIMIT_GB - 1, "pass": peak <= PEAK_RSS_LIMIT_GB},
-            {"name": f"train RSS {mb:.0f} MB / {SMALL_MB} MB corpus (<= 1.2)", "measured": ratio,
-             "analytic": RSS_RATIO_LIMIT, "deviation": ratio / RSS_RATIO_LIMIT - 1, "pass": ratio <= RSS_RATIO_LIMIT},
+            {
+                "name": "prepare peak RSS GB (<= 2)",
+                "measured": peak,
+                "analytic": PEAK_RSS_LIMIT_GB,
+                "deviation": peak / PEAK_RSS_LIMIT_GB - 1,
+                "pass": peak <= PEAK_RSS_LIMIT_GB,
+            },
+            {
+                "name": f"train RSS {mb:.0f} MB / {SMALL_MB} MB corpus (<= 1.2)",
+                "measured": ratio,
+                "analytic": RSS_RATIO_LIMIT,
+                "deviation": ratio / RSS_RATIO_LIMIT - 1,
+                "pass": ratio <= RSS_RATIO_LIMIT,
+            },
         ]
         if speedup is not None:
-            res["checks"].append({"name": "prepare speed-up 2 procs / 1 (info)", "measured": speedup,
-                                  "analytic": 2.0, "deviation": speedup / 2 - 1, "pass": True})
+            res["checks"].append(
+                {
+                    "name": "prepare speed-up 2 procs / 1 (info)",
+                    "measured": speedup,
+                    "analytic": 2.0,
+                    "deviation": speedup / 2 - 1,
+                    "pass": True,
+                }
+            )
         return res
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -134,18 +161,25 @@ def run(quick: bool, log, size_mb: float | None = None, procs: tuple[int, ...] =
 def print_report(res: dict) -> None:
     print(f"Token store, {res['corpus_mb']:.0f} MB synthetic corpus ({res['busy']})")
     for n, p in res["prepare"].items():
-        print(f"  prepare --num-proc {n}: {p['seconds']:.0f} s  {p['mb_per_s']:.2f} MB/s  peak RSS {p['peak_rss_gb']:.2f} GB")
+        print(
+            f"  prepare --num-proc {n}: {p['seconds']:.0f} s  {p['mb_per_s']:.2f} MB/s  peak RSS {p['peak_rss_gb']:.2f} GB"
+        )
     t = res["train_rss_gb"]
-    print(f"  training RSS: {t['small']:.3f} GB ({SMALL_MB} MB corpus) vs {t['big']:.3f} GB "
-          f"(ratio {t['big'] / t['small']:.3f})")
+    print(
+        f"  training RSS: {t['small']:.3f} GB ({SMALL_MB} MB corpus) vs {t['big']:.3f} GB "
+        f"(ratio {t['big'] / t['small']:.3f})"
+    )
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT / "src"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=float, default=SIZE_MB, help=f"corpus MB (default {SIZE_MB})")
-    ap.add_argument("--rss-only", action="store_true",
-                    help="prepare once with 2 processes (no 1-process timing): peak RSS and training RSS only")
+    ap.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="prepare once with 2 processes (no 1-process timing): peak RSS and training RSS only",
+    )
     a = ap.parse_args()
     result = run(False, lambda s: print(s, file=sys.stderr, flush=True), a.size, (2,) if a.rss_only else (1, 2))
     print_report(result)

@@ -26,11 +26,27 @@ def _bert_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: 
     from raptr_cli.models.bert.config import BertConfig
     from raptr_cli.models.bert.model import BertForMaskedLM
 
-    ours = BertForMaskedLM(BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                                      intermediate_size=ffn, max_position_embeddings=max(512, seq)))
-    hf = transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ffn, max_position_embeddings=max(512, seq), attn_implementation="sdpa"))
+    ours = BertForMaskedLM(
+        BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=max(512, seq),
+        )
+    )
+    hf = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=max(512, seq),
+            attn_implementation="sdpa",
+        )
+    )
     hf.load_state_dict(ours.state_dict(), strict=False)
     return ours, hf
 
@@ -41,8 +57,9 @@ def _mlm_batch(vocab: int, batch: int, seq: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, vocab, (batch, seq), generator=g)
     ids[:, 0], ids[:, -1] = 2, 3
-    return mask_tokens(ids, seed=seed, step=0, mlm_probability=0.15, mask_id=4, vocab_size=vocab,
-                       special_ids=[0, 1, 2, 3, 4])
+    return mask_tokens(
+        ids, seed=seed, step=0, mlm_probability=0.15, mask_id=4, vocab_size=vocab, special_ids=[0, 1, 2, 3, 4]
+    )
 
 
 def _ul2_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: int):
@@ -51,11 +68,18 @@ def _ul2_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: i
     from raptr_cli.models.ul2.config import DecoderConfig
     from raptr_cli.models.ul2.model import DecoderForPrefixLM
 
-    cfg = DecoderConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                        intermediate_size=ffn, max_position_embeddings=max(512, seq))
+    cfg = DecoderConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=max(512, seq),
+    )
     ours = DecoderForPrefixLM(cfg)
-    hf_cfg = transformers.LlamaConfig(**{k: v for k, v in cfg.to_hf_dict().items()
-                                         if k not in ("architectures", "model_type")})
+    hf_cfg = transformers.LlamaConfig(
+        **{k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")}
+    )
     hf_cfg._attn_implementation = "sdpa"
     hf = transformers.LlamaForCausalLM(hf_cfg)
     return ours, hf
@@ -64,8 +88,16 @@ def _ul2_pair(vocab: int, layers: int, hidden: int, heads: int, ffn: int, seq: i
 def _ul2_batch(vocab: int, batch: int, seq: int):
     from raptr_cli.objectives.ul2 import UL2Config, make_batch
 
-    specials = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "[NLU]": 4, "[NLG]": 5, "[S2S]": 6,
-                "sentinels": list(range(7, 107))}
+    specials = {
+        "pad": 0,
+        "bos": 1,
+        "eos": 2,
+        "unk": 3,
+        "[NLU]": 4,
+        "[NLG]": 5,
+        "[S2S]": 6,
+        "sentinels": list(range(7, 107)),
+    }
     g = torch.Generator().manual_seed(0)
     examples = [torch.randint(107, vocab, (seq,), generator=g).tolist() for _ in range(batch)]
     return make_batch(examples, seq, 0, 0, UL2Config(), specials)
@@ -112,19 +144,40 @@ def rows(quick: bool = False) -> list[dict]:
     # BERT-mini width with BERT's own vocabulary (BertForMaskedLM's default configuration otherwise)
     ours, hf = _bert_pair(vocab=30522, layers=4, hidden=256, heads=4, ffn=1024, seq=T)
     x, y = _mlm_batch(30522, B, T)
-    med = measure({"raptr": (ours, lambda m: m(x, labels=y).loss),
-                   "hf": (hf, lambda m: m(input_ids=x, labels=y).loss)}, reps)
-    rows.append({"name": "BERT step tokens/s, raptr / transformers (4x256, vocab 30522, B16 T128, fp32 CPU)",
-                 "measured": med["hf"] / med["raptr"], "target": 1.5,
-                 "raptr_tokens_per_s": B * T / med["raptr"], "hf_tokens_per_s": B * T / med["hf"]})
+    med = measure(
+        {"raptr": (ours, lambda m: m(x, labels=y).loss), "hf": (hf, lambda m: m(input_ids=x, labels=y).loss)}, reps
+    )
+    rows.append(
+        {
+            "name": "BERT step tokens/s, raptr / transformers (4x256, vocab 30522, B16 T128, fp32 CPU)",
+            "measured": med["hf"] / med["raptr"],
+            "target": 1.5,
+            "raptr_tokens_per_s": B * T / med["raptr"],
+            "hf_tokens_per_s": B * T / med["hf"],
+        }
+    )
     ours, hf = _ul2_pair(vocab=8192, layers=4, hidden=256, heads=4, ffn=704, seq=T)
     batch = _ul2_batch(8192, B, T)
     causal_labels = batch["input_ids"].clone()  # HF shifts internally: same tokens, every position
-    med = measure({"raptr": (ours, lambda m: m(batch["input_ids"], labels=batch["labels"], prefix_len=batch["prefix_len"]).loss),
-                   "hf": (hf, lambda m: m(input_ids=batch["input_ids"], labels=causal_labels).loss)}, reps)
-    rows.append({"name": "UL2 step tokens/s, raptr / LlamaForCausalLM (4x256, vocab 8192, B16 T128, fp32 CPU)",
-                 "measured": med["hf"] / med["raptr"], "target": 1.0,
-                 "raptr_tokens_per_s": B * T / med["raptr"], "hf_tokens_per_s": B * T / med["hf"]})
+    med = measure(
+        {
+            "raptr": (
+                ours,
+                lambda m: m(batch["input_ids"], labels=batch["labels"], prefix_len=batch["prefix_len"]).loss,
+            ),
+            "hf": (hf, lambda m: m(input_ids=batch["input_ids"], labels=causal_labels).loss),
+        },
+        reps,
+    )
+    rows.append(
+        {
+            "name": "UL2 step tokens/s, raptr / LlamaForCausalLM (4x256, vocab 8192, B16 T128, fp32 CPU)",
+            "measured": med["hf"] / med["raptr"],
+            "target": 1.0,
+            "raptr_tokens_per_s": B * T / med["raptr"],
+            "hf_tokens_per_s": B * T / med["hf"],
+        }
+    )
     return rows
 
 
@@ -152,8 +205,10 @@ def main() -> None:
         return
     for r in rows_:
         ok = "PASS" if r["measured"] >= r["target"] else "MISS"
-        print(f"{r['name']}: {r['measured']:.2f}x (target >= {r['target']}x) {ok}  "
-              f"[{r['raptr_tokens_per_s']:,.0f} vs {r['hf_tokens_per_s']:,.0f} tok/s]")
+        print(
+            f"{r['name']}: {r['measured']:.2f}x (target >= {r['target']}x) {ok}  "
+            f"[{r['raptr_tokens_per_s']:,.0f} vs {r['hf_tokens_per_s']:,.0f} tok/s]"
+        )
 
 
 if __name__ == "__main__":

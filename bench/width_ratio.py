@@ -49,8 +49,9 @@ class WidthBench(StepBench):
         inputs, labels, n = self.batches.get(self.n_step)
         t1 = clock()
         batch = {"input_ids": inputs, "labels": labels}
-        loss = forward_backward(self.model, batch, n, self.micro, None, None, self.precision,
-                                subnet if subnet.narrow else None)
+        loss = forward_backward(
+            self.model, batch, n, self.micro, None, None, self.precision, subnet if subnet.narrow else None
+        )
         t2 = clock()
         norm = torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], 1.0)
         assert math.isfinite(float(norm)) and math.isfinite(float(loss))
@@ -60,18 +61,31 @@ class WidthBench(StepBench):
         self.opt.zero_grad(set_to_none=True)
         t4, c4 = clock(), time.process_time()
         self.n_step += 1
-        return {"mask": t1 - t0, "fwd_bwd": t2 - t1, "clip": t3 - t2, "optim": t4 - t3, "total": t4 - t0,
-                "cpu": c4 - c0}
+        return {
+            "mask": t1 - t0,
+            "fwd_bwd": t2 - t1,
+            "clip": t3 - t2,
+            "optim": t4 - t3,
+            "total": t4 - t0,
+            "cpu": c4 - c0,
+        }
 
 
-def per_step(seq_len: int = 128, batch: int = 16, vocab: int = 8192, rounds: int = 6, warmup: int = 1,
-             log=print) -> dict:
+def per_step(
+    seq_len: int = 128, batch: int = 16, vocab: int = 8192, rounds: int = 6, warmup: int = 1, log=print
+) -> dict:
     b = WidthBench(HIDDEN, seq_len, batch, vocab, layers=LAYERS, heads=HEADS)
     cfg = ScheduleConfig(method="raptr", stages=[StageConfig(fraction=1.0, heads_fraction=0.5, mlp_fraction=0.5)])
     widths = (HEADS, b.cfg.intermediate_size)
     narrow = build_plan(cfg, LAYERS, 10_000, batch * seq_len, 0, widths)
-    full = build_plan(ScheduleConfig(method="raptr", stages=[StageConfig(fraction=1.0, path_length=LAYERS)]),
-                      LAYERS, 10_000, batch * seq_len, 0, widths)
+    full = build_plan(
+        ScheduleConfig(method="raptr", stages=[StageConfig(fraction=1.0, path_length=LAYERS)]),
+        LAYERS,
+        10_000,
+        batch * seq_len,
+        0,
+        widths,
+    )
     times: dict[str, list[dict]] = {"full": [], "half": []}
     for r in range(warmup + rounds):
         for name, plan in (("full", full), ("half", narrow)):
@@ -83,8 +97,10 @@ def per_step(seq_len: int = 128, batch: int = 16, vocab: int = 8192, rounds: int
             if r >= warmup:
                 times[name].append(t)
         if r >= warmup:
-            log(f"  round {r + 1 - warmup}/{rounds}: full {times['full'][-1]['total']:.3f}s  "
-                f"half {times['half'][-1]['total']:.3f}s")
+            log(
+                f"  round {r + 1 - warmup}/{rounds}: full {times['full'][-1]['total']:.3f}s  "
+                f"half {times['half'][-1]['total']:.3f}s"
+            )
     b.close()
     dims = model_dims(b.cfg, seq_len)
     n_masked = int((b.masked(0)[1] != -100).sum())
@@ -94,11 +110,27 @@ def per_step(seq_len: int = 128, batch: int = 16, vocab: int = 8192, rounds: int
     cpu = statistics.median(h["cpu"] / f["cpu"] for h, f in zip(times["half"], times["full"]))
     med = {k: {s: statistics.median(t[s] for t in v) for s in (*SECTIONS, "total")} for k, v in times.items()}
     dev = measured / analytic - 1
-    return {"config": {"hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "intermediate": b.cfg.intermediate_size,
-                       "seq_len": seq_len, "batch": batch, "vocab": vocab, "rounds": rounds,
-                       "threads": torch.get_num_threads(), "n_masked": n_masked},
-            "measured_ratio": measured, "analytic_ratio": analytic, "deviation": dev, "pass": abs(dev) <= TOLERANCE,
-            "best_of_ratio": best, "cpu_time_ratio": cpu, "sections_s": med}
+    return {
+        "config": {
+            "hidden": HIDDEN,
+            "layers": LAYERS,
+            "heads": HEADS,
+            "intermediate": b.cfg.intermediate_size,
+            "seq_len": seq_len,
+            "batch": batch,
+            "vocab": vocab,
+            "rounds": rounds,
+            "threads": torch.get_num_threads(),
+            "n_masked": n_masked,
+        },
+        "measured_ratio": measured,
+        "analytic_ratio": analytic,
+        "deviation": dev,
+        "pass": abs(dev) <= TOLERANCE,
+        "best_of_ratio": best,
+        "cpu_time_ratio": cpu,
+        "sections_s": med,
+    }
 
 
 def run(quick: bool = False, rounds: int | None = None, log=print) -> dict:
@@ -107,8 +139,15 @@ def run(quick: bool = False, rounds: int | None = None, log=print) -> dict:
     res = {"per_step": per_step(rounds=rounds or (3 if quick else 6), warmup=1, log=log)}
     loads.append(os.getloadavg()[0])
     p = res["per_step"]
-    res["checks"] = [{"name": "step time, half heads + half MLP units / full", "measured": p["measured_ratio"],
-                      "analytic": p["analytic_ratio"], "deviation": p["deviation"], "pass": p["pass"]}]
+    res["checks"] = [
+        {
+            "name": "step time, half heads + half MLP units / full",
+            "measured": p["measured_ratio"],
+            "analytic": p["analytic_ratio"],
+            "deviation": p["deviation"],
+            "pass": p["pass"],
+        }
+    ]
     res["tolerance"] = TOLERANCE
     res["load_average"] = loads
     res["busy"] = busy_note(loads)
@@ -118,13 +157,19 @@ def run(quick: bool = False, rounds: int | None = None, log=print) -> dict:
 def print_report(res: dict, out=sys.stdout) -> None:
     p, w = res["per_step"], (lambda s="": print(s, file=out))
     c = p["config"]
-    w(f"\nWidth savings: {c['layers']} x {c['hidden']} BERT ({c['heads']} heads, d_ff {c['intermediate']}), seq "
-      f"{c['seq_len']}, batch {c['batch']}, vocab {c['vocab']}, {c['threads']} threads, {c['rounds']} rounds")
-    w(f"half heads + half units / full: measured {p['measured_ratio']:.4f}, FLOPs {p['analytic_ratio']:.4f} "
-      f"({p['deviation']:+.2%}) {'PASS' if p['pass'] else 'FAIL'}; best-of {p['best_of_ratio']:.4f}, "
-      f"cpu-time {p['cpu_time_ratio']:.4f}")
-    w("sections (median ms): " + " | ".join(
-        f"{k}: " + " ".join(f"{s} {v[s] * 1e3:.0f}" for s in SECTIONS) for k, v in p["sections_s"].items()))
+    w(
+        f"\nWidth savings: {c['layers']} x {c['hidden']} BERT ({c['heads']} heads, d_ff {c['intermediate']}), seq "
+        f"{c['seq_len']}, batch {c['batch']}, vocab {c['vocab']}, {c['threads']} threads, {c['rounds']} rounds"
+    )
+    w(
+        f"half heads + half units / full: measured {p['measured_ratio']:.4f}, FLOPs {p['analytic_ratio']:.4f} "
+        f"({p['deviation']:+.2%}) {'PASS' if p['pass'] else 'FAIL'}; best-of {p['best_of_ratio']:.4f}, "
+        f"cpu-time {p['cpu_time_ratio']:.4f}"
+    )
+    w(
+        "sections (median ms): "
+        + " | ".join(f"{k}: " + " ".join(f"{s} {v[s] * 1e3:.0f}" for s in SECTIONS) for k, v in p["sections_s"].items())
+    )
     if res.get("busy"):
         w(res["busy"])
 

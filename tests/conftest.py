@@ -45,11 +45,35 @@ def torch_one_thread() -> Iterator[None]:
 
 # --- a tiny, learnable corpus --------------------------------------------------------------------
 
-_SUBJ = ["the cat", "a dog", "the king", "my friend", "the queen", "a bird", "the old man", "our horse",
-         "the young girl", "a soldier", "the baker", "his mother"]
+_SUBJ = [
+    "the cat",
+    "a dog",
+    "the king",
+    "my friend",
+    "the queen",
+    "a bird",
+    "the old man",
+    "our horse",
+    "the young girl",
+    "a soldier",
+    "the baker",
+    "his mother",
+]
 _VERB = ["sees", "likes", "finds", "calls", "loves", "follows", "hears", "keeps", "brings", "wants"]
-_OBJ = ["the ball", "a fish", "the crown", "an apple", "the river", "a song", "the tree", "some bread",
-        "the letter", "a sword", "the garden", "her ring"]
+_OBJ = [
+    "the ball",
+    "a fish",
+    "the crown",
+    "an apple",
+    "the river",
+    "a song",
+    "the tree",
+    "some bread",
+    "the letter",
+    "a sword",
+    "the garden",
+    "her ring",
+]
 _TAIL = ["in the morning", "at night", "by the sea", "with joy", "every day", "in the rain"]
 
 
@@ -58,8 +82,12 @@ def generate_corpus(n_docs: int, sentences: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
-        docs.append(" ".join(f"{rng.choice(_SUBJ)} {rng.choice(_VERB)} {rng.choice(_OBJ)} {rng.choice(_TAIL)} ."
-                             for _ in range(sentences)))
+        docs.append(
+            " ".join(
+                f"{rng.choice(_SUBJ)} {rng.choice(_VERB)} {rng.choice(_OBJ)} {rng.choice(_TAIL)} ."
+                for _ in range(sentences)
+            )
+        )
     return docs
 
 
@@ -80,8 +108,15 @@ TINY: dict[str, dict[str, Any]] = {
     "data": {"train": ["data/train.txt"], "eval": ["data/eval.txt"]},
     "tokenizer": {"vocab_size": 200},
     "optim": {"lr": 3e-3, "warmup_steps": 2},
-    "train": {"steps": 8, "batch_size": 8, "seq_len": 32, "eval_every": 4, "eval_batches": 4,
-              "checkpoint_every": 0, "log_every": 1},
+    "train": {
+        "steps": 8,
+        "batch_size": 8,
+        "seq_len": 32,
+        "eval_every": 4,
+        "eval_batches": 4,
+        "checkpoint_every": 0,
+        "log_every": 1,
+    },
     "log": {"console": "none"},
     "schedule": {"method": "baseline"},
 }

@@ -59,10 +59,13 @@ def test_toy_methods_share_the_flops_budget_and_run():
 
 
 def _raptr_run(make_recipe, cli, tmp_path, **model):
-    recipe = make_recipe({"model": {"n_layers": 4, **model},
-                          "train": {"steps": 4, "checkpoint_every": 2, "keep_checkpoints": 0, "eval_every": 2},
-                          "schedule": {"method": "raptr", "stages": [{"steps": 2, "path_length": 3},
-                                                                     {"steps": 2, "path_length": 4}]}})
+    recipe = make_recipe(
+        {
+            "model": {"n_layers": 4, **model},
+            "train": {"steps": 4, "checkpoint_every": 2, "keep_checkpoints": 0, "eval_every": 2},
+            "schedule": {"method": "raptr", "stages": [{"steps": 2, "path_length": 3}, {"steps": 2, "path_length": 4}]},
+        }
+    )
     out = tmp_path / "run"
     run_ok(cli, "pretrain", recipe, "--out", out)
     return out
@@ -81,8 +84,11 @@ def test_stability_gap_is_eval_path_lengths(make_recipe, cli, tmp_path):
     (tr,) = [r for r in read_rows(out) if r.get("event") == "transition"]
     assert (sw["from_path_length"], sw["to_path_length"]) == (3, 4)
     assert sw["measured_jump"] == tr["loss_after"] - tr["loss_before"]
-    at = json.loads(run_ok(cli, "eval", out / "checkpoints" / "step-0000002", "--path-lengths", "3",
-                           "--paths", "3", "--json").stdout)
+    at = json.loads(
+        run_ok(
+            cli, "eval", out / "checkpoints" / "step-0000002", "--path-lengths", "3", "--paths", "3", "--json"
+        ).stdout
+    )
     assert sw["gap_at_switch"] == at["eval_loss"] - at["by_path_length"]["3"]
     assert sw["gap_final_model"] == ev["eval_loss"] - ev["by_path_length"]["3"]
 
@@ -98,8 +104,9 @@ def test_ablations_train(make_recipe, cli, tmp_path, model):
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     conf = json.loads((out / "final" / "config.json").read_text())
     assert {k: conf[k] for k in model} == model
-    cfg = BertConfig(vocab_size=conf["vocab_size"], hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64,
-                     **model)
+    cfg = BertConfig(
+        vocab_size=conf["vocab_size"], hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64, **model
+    )
     m = BertForMaskedLM(cfg)
     assert num_parameters(m) == bert_param_count(cfg)["total"]
     if model.get("norm") == "none":  # no LayerNorm parameters left in the blocks (unused ones would be dead weight)
@@ -108,8 +115,24 @@ def test_ablations_train(make_recipe, cli, tmp_path, model):
 
 def test_sweep_trains_and_writes(cli, tmp_path):
     out = tmp_path / "sweep"
-    res = run_ok(cli, "analyze", "stability", "--sweep", "depth=4", "--variants", "none", "--steps", "30",
-                 "--paths", "1", "--batches", "1", "--out", out, "--json")
+    res = run_ok(
+        cli,
+        "analyze",
+        "stability",
+        "--sweep",
+        "depth=4",
+        "--variants",
+        "none",
+        "--steps",
+        "30",
+        "--paths",
+        "1",
+        "--batches",
+        "1",
+        "--out",
+        out,
+        "--json",
+    )
     (row,) = json.loads(res.stdout)["runs"]
     assert row["variant"] == "none" and row["norm"] == "none" and row["n_layers"] == 4
     assert [(s["from_path_length"], s["to_path_length"]) for s in row["switches"]] == [(2, 3), (3, 4)]
@@ -120,19 +143,22 @@ def test_sweep_trains_and_writes(cli, tmp_path):
 # --- bad arguments --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["stability", "nowhere/run"], "no such run directory"),
-    (["stability"], "give run directories or --sweep"),
-    (["stability", ".", "--sweep", "depth=4"], "not both"),
-    (["stability", "--sweep", "depth=2,8"], "--sweep 'depth=2,8'"),
-    (["stability", "--sweep", "width=4"], "--sweep 'width=4'"),
-    (["stability", "--sweep", "depth=a"], "--sweep 'depth=a'"),
-    (["stability", "--sweep", "depth=4", "--variants", "bogus"], "unknown bogus"),
-    (["stability", "--sweep", "depth=4", "--drops", "0"], "--drops '0'"),
-    (["polynomial", "--seeds", "a"], "--seeds 'a'"),
-    (["polynomial", "--seeds", "0,0"], "--seeds '0,0'"),
-    (["polynomial", "--seeds", "-1"], "--seeds '-1'"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["stability", "nowhere/run"], "no such run directory"),
+        (["stability"], "give run directories or --sweep"),
+        (["stability", ".", "--sweep", "depth=4"], "not both"),
+        (["stability", "--sweep", "depth=2,8"], "--sweep 'depth=2,8'"),
+        (["stability", "--sweep", "width=4"], "--sweep 'width=4'"),
+        (["stability", "--sweep", "depth=a"], "--sweep 'depth=a'"),
+        (["stability", "--sweep", "depth=4", "--variants", "bogus"], "unknown bogus"),
+        (["stability", "--sweep", "depth=4", "--drops", "0"], "--drops '0'"),
+        (["polynomial", "--seeds", "a"], "--seeds 'a'"),
+        (["polynomial", "--seeds", "0,0"], "--seeds '0,0'"),
+        (["polynomial", "--seeds", "-1"], "--seeds '-1'"),
+    ],
+)
 def test_bad_arguments_exit_2(cli, tmp_path, args, needle):
     res = cli("analyze", *args, *(["--out", tmp_path / "o"] if "--sweep" in args else []))
     assert res.exit_code == 2, res.output

@@ -24,8 +24,11 @@ from conftest import TINY, merged, to_toml
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "raptr_cli"
-RAPTR_4 = {"model": {"n_layers": 4}, "train": {"steps": 8},
-           "schedule": {"method": "raptr", "stages": [{"steps": 4, "path_length": 3}, {"steps": 4, "path_length": 4}]}}
+RAPTR_4 = {
+    "model": {"n_layers": 4},
+    "train": {"steps": 8},
+    "schedule": {"method": "raptr", "stages": [{"steps": 4, "path_length": 3}, {"steps": 4, "path_length": 4}]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, torch_one_
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
     """Every file under root: sha256 and mtime (ns)."""
-    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- setups: each mutates the world copy `w` before the command runs ------------------------------------
@@ -81,6 +87,7 @@ def edit_json(rel: str, **changes: object) -> Setup:
     def setup(w: Path) -> None:
         conf = json.loads((w / rel).read_text())
         (w / rel).write_text(json.dumps({**conf, **changes}))
+
     return setup
 
 
@@ -117,7 +124,6 @@ def no_checkpoints(w: Path) -> None:
     shutil.rmtree(w / "run" / "final")
 
 
-
 PRE = ["pretrain", "{w}/bad.toml", "--out", "{w}/new"]
 RESUME = ["pretrain", "{w}/run/recipe.toml", "--out", "{w}/run", "--resume"]
 CK_REL = "run/checkpoints/step-0000004"
@@ -134,8 +140,12 @@ CASES: list = [
     # keys and types
     ("unknown-key", recipe({"train": {"stepz": 3}}), PRE, ["train.stepz", "unknown key", "steps"]),
     ("unknown-section", raw("bad.toml", to_toml(TINY) + "\n[trian]\nsteps = 3\n"), PRE, ["trian", "unknown key"]),
-    ("section-not-a-table", raw("bad.toml", "train = 5\n" + to_toml({k: v for k, v in TINY.items() if k != "train"})),
-     PRE, ["train", "table"]),
+    (
+        "section-not-a-table",
+        raw("bad.toml", "train = 5\n" + to_toml({k: v for k, v in TINY.items() if k != "train"})),
+        PRE,
+        ["train", "table"],
+    ),
     ("string-for-int", recipe({"train": {"steps": "many"}}), PRE, ["train.steps", "integer"]),
     ("float-for-int", recipe({"train": {"batch_size": 8.5}}), PRE, ["train.batch_size"]),
     ("int-for-bool", recipe({"train": {"compile": 3}}), PRE, ["train.compile"]),
@@ -151,34 +161,100 @@ CASES: list = [
     # impossible schedules
     ("unknown-method", recipe({"schedule": {"method": "rapter"}}), PRE, ["schedule.method", "rapter"]),
     ("raptr-without-stages", recipe({"schedule": {"method": "raptr"}}), PRE, ["schedule.stages"]),
-    ("path-length-over-depth", recipe(merged(RAPTR_4, {"schedule": {"stages": [
-        {"steps": 4, "path_length": 3}, {"steps": 4, "path_length": 7}]}})), PRE,
-     ["schedule.stages[1].path_length", "model.n_layers"]),
-    ("stages-do-not-add-up", recipe(merged(RAPTR_4, {"schedule": {"stages": [
-        {"fraction": 0.5, "path_length": 3}, {"fraction": 0.3, "path_length": 4}]}})), PRE,
-     ["schedule.stages", "train.steps"]),
-    ("stage-with-two-lengths", recipe(merged(RAPTR_4, {"schedule": {"stages": [
-        {"steps": 4, "fraction": 0.5, "path_length": 3}, {"steps": 4, "path_length": 4}]}})), PRE,
-     ["schedule.stages[0]", "steps", "fraction"]),
-    ("stacking-shrinks", recipe({"model": {"n_layers": 4}, "schedule": {"method": "stacking", "stages": [
-        {"steps": 4, "depth": 4}, {"steps": 4, "depth": 2}]}}), PRE, ["schedule.stages[1].depth"]),
-    ("fixed-layer-out-of-range", recipe(merged(RAPTR_4, {"schedule": {"fixed_layers": [0, 9]}})), PRE,
-     ["schedule.fixed_layers", "9"]),
-    ("stages-for-baseline", recipe({"schedule": {"stages": [{"steps": 8, "path_length": 2}]}}), PRE,
-     ["schedule.stages", "baseline"]),
+    (
+        "path-length-over-depth",
+        recipe(
+            merged(RAPTR_4, {"schedule": {"stages": [{"steps": 4, "path_length": 3}, {"steps": 4, "path_length": 7}]}})
+        ),
+        PRE,
+        ["schedule.stages[1].path_length", "model.n_layers"],
+    ),
+    (
+        "stages-do-not-add-up",
+        recipe(
+            merged(
+                RAPTR_4,
+                {"schedule": {"stages": [{"fraction": 0.5, "path_length": 3}, {"fraction": 0.3, "path_length": 4}]}},
+            )
+        ),
+        PRE,
+        ["schedule.stages", "train.steps"],
+    ),
+    (
+        "stage-with-two-lengths",
+        recipe(
+            merged(
+                RAPTR_4,
+                {
+                    "schedule": {
+                        "stages": [{"steps": 4, "fraction": 0.5, "path_length": 3}, {"steps": 4, "path_length": 4}]
+                    }
+                },
+            )
+        ),
+        PRE,
+        ["schedule.stages[0]", "steps", "fraction"],
+    ),
+    (
+        "stacking-shrinks",
+        recipe(
+            {
+                "model": {"n_layers": 4},
+                "schedule": {"method": "stacking", "stages": [{"steps": 4, "depth": 4}, {"steps": 4, "depth": 2}]},
+            }
+        ),
+        PRE,
+        ["schedule.stages[1].depth"],
+    ),
+    (
+        "fixed-layer-out-of-range",
+        recipe(merged(RAPTR_4, {"schedule": {"fixed_layers": [0, 9]}})),
+        PRE,
+        ["schedule.fixed_layers", "9"],
+    ),
+    (
+        "stages-for-baseline",
+        recipe({"schedule": {"stages": [{"steps": 8, "path_length": 2}]}}),
+        PRE,
+        ["schedule.stages", "baseline"],
+    ),
     # --set
-    ("set-without-equals", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "train.steps"],
-     ["--set", "train.steps"]),
-    ("set-undotted-key", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "steps=3"],
-     ["steps=3", "dotted"]),
-    ("set-bad-value", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "train.steps=abc"],
-     ["train.steps", "abc"]),
-    ("set-unknown-section", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "trainer.steps=3"],
-     ["trainer"]),
-    ("set-through-a-scalar", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "train.steps.max=3"],
-     ["train.steps"]),
-    ("set-stage-without-size", None, ["pretrain", "{w}/raptr.toml", "--out", "{w}/new", "--set",
-                                      "schedule.stages=[{{steps=8}}]"], ["schedule.stages[0]", "path_length"]),
+    (
+        "set-without-equals",
+        None,
+        ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "train.steps"],
+        ["--set", "train.steps"],
+    ),
+    (
+        "set-undotted-key",
+        None,
+        ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "steps=3"],
+        ["steps=3", "dotted"],
+    ),
+    (
+        "set-bad-value",
+        None,
+        ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "train.steps=abc"],
+        ["train.steps", "abc"],
+    ),
+    (
+        "set-unknown-section",
+        None,
+        ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "trainer.steps=3"],
+        ["trainer"],
+    ),
+    (
+        "set-through-a-scalar",
+        None,
+        ["pretrain", "{w}/recipe.toml", "--out", "{w}/new", "--set", "train.steps.max=3"],
+        ["train.steps"],
+    ),
+    (
+        "set-stage-without-size",
+        None,
+        ["pretrain", "{w}/raptr.toml", "--out", "{w}/new", "--set", "schedule.stages=[{{steps=8}}]"],
+        ["schedule.stages[0]", "path_length"],
+    ),
     ("unknown-flag", None, ["pretrain", "{w}/recipe.toml", "--bogus"], ["--bogus"]),
     # data
     ("missing-data-file", recipe({"data": {"train": ["data/missing.txt"]}}), PRE, ["data.train", "missing.txt"]),
@@ -193,33 +269,73 @@ CASES: list = [
     ("tokenizer-not-json", recipe({"tokenizer": {"path": "tok/garbage.json"}}), PRE, ["garbage.json"]),
     ("tokenizer-without-mask", recipe({"tokenizer": {"path": "tok/nomask.json"}}), PRE, ["nomask.json", "[MASK]"]),
     # run directories and checkpoints
-    ("existing-run-without-resume", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/run"],
-     ["{w}/run", "already holds a run", "--resume", "--overwrite"]),
-    ("killed-run-without-resume", lambda w: shutil.rmtree(w / "run" / "final"),
-     ["pretrain", "{w}/run/recipe.toml", "--out", "{w}/run"], ["already holds a run", "--resume", "--overwrite"]),
-    pytest.param(("overwrite-with-bad-data", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/run", "--overwrite",
-                                                    "--set", 'data.train=["data/missing.txt"]'],
-                  ["data.train", "missing.txt"])),
-    pytest.param(("out-is-a-file", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/data/train.txt"], ["train.txt"])),
+    (
+        "existing-run-without-resume",
+        None,
+        ["pretrain", "{w}/recipe.toml", "--out", "{w}/run"],
+        ["{w}/run", "already holds a run", "--resume", "--overwrite"],
+    ),
+    (
+        "killed-run-without-resume",
+        lambda w: shutil.rmtree(w / "run" / "final"),
+        ["pretrain", "{w}/run/recipe.toml", "--out", "{w}/run"],
+        ["already holds a run", "--resume", "--overwrite"],
+    ),
+    pytest.param(
+        (
+            "overwrite-with-bad-data",
+            None,
+            [
+                "pretrain",
+                "{w}/recipe.toml",
+                "--out",
+                "{w}/run",
+                "--overwrite",
+                "--set",
+                'data.train=["data/missing.txt"]',
+            ],
+            ["data.train", "missing.txt"],
+        )
+    ),
+    pytest.param(
+        ("out-is-a-file", None, ["pretrain", "{w}/recipe.toml", "--out", "{w}/data/train.txt"], ["train.txt"])
+    ),
     ("resume-before-any-checkpoint", no_checkpoints, RESUME, ["{w}/run", "no complete checkpoint"]),
     ("resume-with-another-model", None, [*RESUME, "--set", "model.hidden_size=64"], ["model.hidden_size"]),
-    pytest.param(("resume-from-another-models-checkpoint", other_models_checkpoint, RESUME,
-                  ["step-0000006", "another model"])),
-    ("resume-truncated-weights", truncate(f"{CK_REL}/model.safetensors"), RESUME,
-     [CK, "model.safetensors", "truncated", "step-0000002"]),
+    pytest.param(
+        ("resume-from-another-models-checkpoint", other_models_checkpoint, RESUME, ["step-0000006", "another model"])
+    ),
+    (
+        "resume-truncated-weights",
+        truncate(f"{CK_REL}/model.safetensors"),
+        RESUME,
+        [CK, "model.safetensors", "truncated", "step-0000002"],
+    ),
     ("resume-corrupt-state", raw(f"{CK_REL}/trainer_state.json", "{"), RESUME, [CK, "corrupted"]),
     pytest.param(("resume-garbage-optimizer", zero_fill(f"{CK_REL}/optimizer.pt"), RESUME, [f"{CK}/optimizer.pt"])),
     ("resume-pickled-weights", bin_weights, RESUME, [CK, "model.safetensors"]),
     # raptr eval
     ("eval-not-a-run", None, ["eval", "{w}/data"], ["{w}/data", "neither a run directory nor a checkpoint"]),
-    ("eval-mismatched-config", edit_json("run/final/config.json", hidden_size=64), ["eval", "{w}/run"],
-     ["{w}/run/final/model.safetensors"]),
+    (
+        "eval-mismatched-config",
+        edit_json("run/final/config.json", hidden_size=64),
+        ["eval", "{w}/run"],
+        ["{w}/run/final/model.safetensors"],
+    ),
     ("eval-wrong-arch", edit_json(f"{CK_REL}/config.json", arch="ul2"), ["eval", CK], [CK, "ul2", "model.arch"]),
     ("eval-unreadable-config", raw("run/final/config.json", "{"), ["eval", "{w}/run"], ["{w}/run/final/config.json"]),
-    ("eval-truncated-weights", truncate("run/final/model.safetensors"), ["eval", "{w}/run"],
-     ["{w}/run/final/model.safetensors"]),
-    ("eval-tokenizer-without-mask", lambda w: shutil.copyfile(w / "tok/nomask.json", w / "run/final/tokenizer.json"),
-     ["eval", "{w}/run"], ["{w}/run/final/tokenizer.json", "[MASK]"]),
+    (
+        "eval-truncated-weights",
+        truncate("run/final/model.safetensors"),
+        ["eval", "{w}/run"],
+        ["{w}/run/final/model.safetensors"],
+    ),
+    (
+        "eval-tokenizer-without-mask",
+        lambda w: shutil.copyfile(w / "tok/nomask.json", w / "run/final/tokenizer.json"),
+        ["eval", "{w}/run"],
+        ["{w}/run/final/tokenizer.json", "[MASK]"],
+    ),
     ("eval-bad-path-lengths", None, ["eval", "{w}/run", "--path-lengths", "6,x"], ["--path-lengths", "6,x"]),
     ("eval-path-length-too-long", None, ["eval", "{w}/run", "--path-lengths", "9"], ["--path-lengths", "9"]),
     ("eval-zero-paths", None, ["eval", "{w}/run", "--paths", "0"], ["--paths"]),
@@ -232,21 +348,45 @@ CASES: list = [
     ("flops-bad-budget", None, ["flops", "{w}/recipe.toml", "--budget", "lots"], ["--budget", "lots"]),
     ("flops-unknown-gpu", None, ["flops", "{w}/recipe.toml", "--gpu", "tpu9"], ["--gpu", "tpu9"]),
     ("flops-unknown-dtype", None, ["flops", "{w}/recipe.toml", "--gpu", "h100", "--dtype", "fp3"], ["fp3", "--dtype"]),
-    ("flops-two-targets", None, ["flops", "{w}/recipe.toml", "--budget", "1e15", "--equal-flops-to",
-                                 "{w}/recipe.toml"], ["--budget", "--equal-flops-to"]),
-    ("flops-missing-other-recipe", None, ["flops", "{w}/recipe.toml", "--equal-flops-to", "{w}/gone.toml"],
-     ["gone.toml"]),
+    (
+        "flops-two-targets",
+        None,
+        ["flops", "{w}/recipe.toml", "--budget", "1e15", "--equal-flops-to", "{w}/recipe.toml"],
+        ["--budget", "--equal-flops-to"],
+    ),
+    (
+        "flops-missing-other-recipe",
+        None,
+        ["flops", "{w}/recipe.toml", "--equal-flops-to", "{w}/gone.toml"],
+        ["gone.toml"],
+    ),
     ("flops-bad-set", None, ["flops", "{w}/recipe.toml", "--set", "optim.lr=fast"], ["optim.lr", "fast"]),
     # raptr compare / export
     ("compare-not-a-run", None, ["compare", "--runs", "{w}/data", "--out", "{w}/cmp"], ["{w}/data"]),
-    ("compare-unfinished-run", unfinished_copy,
-     ["compare", "--runs", "{w}/run", "--runs", "{w}/half", "--out", "{w}/cmp"], ["{w}/half", "run_end"]),
-    ("compare-recipes-and-runs", None, ["compare", "{w}/recipe.toml", "--runs", "{w}/run", "--out", "{w}/cmp"],
-     ["--runs"]),
-    ("compare-equal-flops-without-baseline", None, ["compare", "{w}/raptr.toml", "--equal-flops", "--out", "{w}/cmp"],
-     ["--equal-flops", "baseline"]),
-    ("compare-bad-recipe", recipe({"train": {"steps": 0}}), ["compare", "{w}/recipe.toml", "{w}/bad.toml",
-                                                              "--out", "{w}/cmp"], ["train.steps"]),
+    (
+        "compare-unfinished-run",
+        unfinished_copy,
+        ["compare", "--runs", "{w}/run", "--runs", "{w}/half", "--out", "{w}/cmp"],
+        ["{w}/half", "run_end"],
+    ),
+    (
+        "compare-recipes-and-runs",
+        None,
+        ["compare", "{w}/recipe.toml", "--runs", "{w}/run", "--out", "{w}/cmp"],
+        ["--runs"],
+    ),
+    (
+        "compare-equal-flops-without-baseline",
+        None,
+        ["compare", "{w}/raptr.toml", "--equal-flops", "--out", "{w}/cmp"],
+        ["--equal-flops", "baseline"],
+    ),
+    (
+        "compare-bad-recipe",
+        recipe({"train": {"steps": 0}}),
+        ["compare", "{w}/recipe.toml", "{w}/bad.toml", "--out", "{w}/cmp"],
+        ["train.steps"],
+    ),
     ("export-unknown-format", None, ["export", "{w}/run", "{w}/hf", "--to", "onnx"], ["--to", "onnx"]),
     ("export-into-non-empty-dir", None, ["export", "{w}/run", "{w}/data"], ["{w}/data"]),
     ("export-not-a-run", None, ["export", "{w}/data", "{w}/hf"], ["{w}/data"]),
@@ -326,8 +466,9 @@ def test_every_torch_load_in_the_source_is_weights_only() -> None:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
                 if (owner, node.func.attr) in (("torch", "load"), ("pickle", "load"), ("pickle", "loads")):
-                    safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
-                               for k in node.keywords)
+                    safe = any(
+                        k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords
+                    )
                     calls.append((f"{path.name}:{node.lineno}", owner, safe))
     assert calls, "expected the optimizer-state load"
     assert all(owner == "torch" and safe for _, owner, safe in calls), calls

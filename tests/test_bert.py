@@ -20,8 +20,9 @@ V, T, B = 97, 12, 3
 
 
 def tiny(**kw: object) -> BertConfig:
-    base = dict(vocab_size=V, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
-                max_position_embeddings=16)
+    base = dict(
+        vocab_size=V, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64, max_position_embeddings=16
+    )
     return BertConfig(**{**base, **kw})
 
 
@@ -237,8 +238,7 @@ def test_head_only_on_masked_positions() -> None:
     m = make()
     ids, mask, labels = batch()
     calls: list[tuple[int, ...]] = []
-    m.cls.predictions.transform.register_forward_hook(
-        lambda mod, inp, out: calls.append(tuple(inp[0].shape)))
+    m.cls.predictions.transform.register_forward_hook(lambda mod, inp, out: calls.append(tuple(inp[0].shape)))
     with torch.no_grad():
         out = m(ids, mask, labels=labels)
         full = m(ids, mask).logits  # (B, T, V)

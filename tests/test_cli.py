@@ -18,8 +18,10 @@ from raptr_cli.recipe import load_recipe
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-RAPTR_4 = {"model": {"n_layers": 4},
-           "schedule": {"method": "raptr", "stages": [{"steps": 4, "path_length": 3}, {"steps": 4, "path_length": 4}]}}
+RAPTR_4 = {
+    "model": {"n_layers": 4},
+    "schedule": {"method": "raptr", "stages": [{"steps": 4, "path_length": 3}, {"steps": 4, "path_length": 4}]},
+}
 BAD_SETS = ["--set", "train.stepz=3", "--set", "optim.lr=fast", "--set", "optim.decay=cosin"]
 
 
@@ -79,8 +81,13 @@ def _raptr(*args: object, debug: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAPTR_DEBUG"}
     if debug:
         env["RAPTR_DEBUG"] = "1"
-    return subprocess.run([sys.executable, "-m", "raptr_cli.cli.main", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "raptr_cli.cli.main", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_real_process_exit_codes(make_recipe) -> None:
@@ -127,8 +134,15 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, make_recipe, tmp_path: 
     assert not (tmp_path / "planned").exists() and not (tmp_path / "runs").exists()
 
 
-LAUNCH_ENV = ("RANK", "WORLD_SIZE", "ACCELERATE_USE_FSDP", "FSDP_SHARDING_STRATEGY", "FSDP_RESHARD_AFTER_FORWARD",
-              "FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING")
+LAUNCH_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "ACCELERATE_USE_FSDP",
+    "FSDP_SHARDING_STRATEGY",
+    "FSDP_RESHARD_AFTER_FORWARD",
+    "FSDP_OFFLOAD_PARAMS",
+    "FSDP_ACTIVATION_CHECKPOINTING",
+)
 
 
 def test_dry_run_memory_is_per_process_under_a_launch(cli, monkeypatch) -> None:
@@ -173,20 +187,26 @@ def test_dry_run_memory_is_per_process_under_a_launch(cli, monkeypatch) -> None:
     expect = (16 * params / 8 + 8 * root + 8 * 2 * per_layer) / gib
     assert fsdp["weights_optimizer_gib"] == pytest.approx(expect)
     # parameters kept gathered between forward and backward: every block, however the config says it
-    for kept_env in ({"FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, {"FSDP_RESHARD_AFTER_FORWARD": "false"},
-                     {"FSDP_RESHARD_AFTER_FORWARD": "shard_grad_op"}):  # the last: an FSDP1-style config
+    for kept_env in (
+        {"FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"},
+        {"FSDP_RESHARD_AFTER_FORWARD": "false"},
+        {"FSDP_RESHARD_AFTER_FORWARD": "shard_grad_op"},
+    ):  # the last: an FSDP1-style config
         kept = memory(fp32, whole, RANK="0", WORLD_SIZE="8", ACCELERATE_USE_FSDP="true", **kept_env)
         assert kept["weights_optimizer_gib"] == pytest.approx(expect + 4 * 10 * per_layer / gib), kept_env
-    assert memory(fp32, whole, RANK="0", WORLD_SIZE="8", ACCELERATE_USE_FSDP="true",
-                  FSDP_RESHARD_AFTER_FORWARD="full_shard")["weights_optimizer_gib"] == pytest.approx(expect)
+    assert memory(
+        fp32, whole, RANK="0", WORLD_SIZE="8", ACCELERATE_USE_FSDP="true", FSDP_RESHARD_AFTER_FORWARD="full_shard"
+    )["weights_optimizer_gib"] == pytest.approx(expect)
     # a micro-batch above this rank's share is capped by it, as the trainer chunks
     assert memory(RANK="0", WORLD_SIZE="16")["micro_batch"] == 16
     # the other ranks of a launch print nothing: one plan, one JSON document
     launch(RANK="3", WORLD_SIZE="8")
     assert run_ok(cli, "pretrain", recipe, "--dry-run", "--json").stdout == ""
     # unsupported FSDP options are refused as training would refuse them, an FSDP1-style NO_SHARD too
-    for bad, says in (({"FSDP_OFFLOAD_PARAMS": "true"}, "parameter offloading"),
-                      ({"FSDP_RESHARD_AFTER_FORWARD": "no_shard"}, "NO_SHARD")):
+    for bad, says in (
+        ({"FSDP_OFFLOAD_PARAMS": "true"}, "parameter offloading"),
+        ({"FSDP_RESHARD_AFTER_FORWARD": "no_shard"}, "NO_SHARD"),
+    ):
         launch(RANK="0", WORLD_SIZE="8", ACCELERATE_USE_FSDP="true", **bad)
         res = cli("pretrain", recipe, "--dry-run")
         assert res.exit_code == 2 and says in res.output, res.output
@@ -196,16 +216,26 @@ def test_dry_run_json_is_one_valid_document(cli, make_recipe) -> None:
     res = run_ok(cli, "pretrain", make_recipe(RAPTR_4), "--dry-run", "--json", "--set", "train.steps=8")
     plan = json.loads(res.stdout)  # nothing but the JSON on stdout
     assert plan["method"] == "raptr" and plan["steps"] == 8 and plan["tokens"] == 8 * 8 * 32
-    assert plan["model"] == {"n_layers": 4, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
-                             "vocab_size": 200, "norm": "post"}
-    assert [(s["index"], s["start"], s["end"], s["path_length"]) for s in plan["stages"]] == [(0, 0, 4, 3), (1, 4, 8, 4)]
+    assert plan["model"] == {
+        "n_layers": 4,
+        "hidden_size": 32,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "vocab_size": 200,
+        "norm": "post",
+    }
+    assert [(s["index"], s["start"], s["end"], s["path_length"]) for s in plan["stages"]] == [
+        (0, 0, 4, 3),
+        (1, 4, 8, 4),
+    ]
     assert plan["fixed_layers"] == [0, 3]
     # stage 0 runs 3 of 4 layers, so it costs less than stage 1; the whole run less than the baseline
     f0, f1 = (s["flops"] for s in plan["stages"])
     assert 0 < f0 < f1
     assert plan["total_flops"] == pytest.approx(f0 + f1)
     assert plan["total_flops"] < plan["baseline_flops"] and plan["ratio"] == pytest.approx(
-        plan["total_flops"] / plan["baseline_flops"])
+        plan["total_flops"] / plan["baseline_flops"]
+    )
     assert sum(s["share"] for s in plan["stages"]) == pytest.approx(1.0)
 
 
@@ -252,8 +282,9 @@ def test_data_fetch_of_an_unknown_corpus_exits_2(cli) -> None:
     assert res.exit_code == 2 and "Unknown built-in corpus 'nosuch'" in res.stderr
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml")), ids=lambda p: p.name
+)
 def test_every_shipped_recipe_plans(cli, path: Path) -> None:
     plan = json.loads(run_ok(cli, "pretrain", path, "--dry-run", "--json").stdout)
     assert plan["params"] > 0 and plan["stages"] and plan["total_flops"] > 0

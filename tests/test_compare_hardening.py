@@ -19,8 +19,10 @@ from conftest import TINY, merged, run_ok, to_toml
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-UL2 = {"model": {"arch": "ul2", "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
-       "tokenizer": {"vocab_size": 600}}
+UL2 = {
+    "model": {"arch": "ul2", "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
+    "tokenizer": {"vocab_size": 600},
+}
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -63,8 +65,9 @@ def refused(res, *expect: str) -> str:
 # --- 2: run.name is one path component ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../victim", "../../x", "/tmp/abs", "a/b", "", ".", "..", "two words", "été",
-                                  "a\\b", "x\n"])
+@pytest.mark.parametrize(
+    "name", ["../victim", "../../x", "/tmp/abs", "a/b", "", ".", "..", "two words", "été", "a\\b", "x\n"]
+)
 def test_a_run_name_that_is_not_one_path_component_is_refused_at_validation(name) -> None:
     from raptr_cli.errors import UserError
     from raptr_cli.recipe import parse_recipe
@@ -113,8 +116,11 @@ def test_compare_with_an_escaping_run_name_leaves_the_run_next_to_out_alone(worl
 def test_compare_reuses_a_finished_run_of_the_same_recipe(world, cli) -> None:
     runs = {n: snapshot(world["cmp"] / n) for n in ("a", "b")}
     # log_every changes what is logged, not the run: the rule --resume uses lets it differ
-    doc = json.loads(run_ok(cli, "compare", world["a"], world["b"], "--out", world["cmp"], "--json",
-                            "--set", "train.log_every=2").stdout)
+    doc = json.loads(
+        run_ok(
+            cli, "compare", world["a"], world["b"], "--out", world["cmp"], "--json", "--set", "train.log_every=2"
+        ).stdout
+    )
     assert sorted(r["name"] for r in doc["runs"]) == ["a", "b"]
     assert {n: snapshot(world["cmp"] / n) for n in ("a", "b")} == runs  # nothing retrained
 
@@ -122,8 +128,12 @@ def test_compare_reuses_a_finished_run_of_the_same_recipe(world, cli) -> None:
 def test_compare_refuses_a_finished_run_of_another_recipe_under_the_same_name(world, cli) -> None:
     before = snapshot(world["cmp"])
     saved = world["cmp"] / "a" / "recipe.toml"
-    err = refused(cli("compare", world["a_lr"], world["b"], "--out", world["cmp"]),
-                  str(world["a_lr"]), str(saved), "optim.lr (0.01 here, 0.003 there)")
+    err = refused(
+        cli("compare", world["a_lr"], world["b"], "--out", world["cmp"]),
+        str(world["a_lr"]),
+        str(saved),
+        "optim.lr (0.01 here, 0.003 there)",
+    )
     assert "another --out" in err
     refused(cli("compare", world["a"], "--set", "optim.lr=0.01", "--out", world["cmp"]), str(saved), "optim.lr")
     assert snapshot(world["cmp"]) == before
@@ -150,8 +160,13 @@ def test_compare_retrains_an_unfinished_run_of_the_same_recipe(world, cli, tmp_p
 
 def test_two_recipes_of_one_run_name_in_one_compare_are_refused_before_training(world, cli, tmp_path) -> None:
     out = tmp_path / "cmp"
-    refused(cli("compare", world["a"], world["a_lr"], "--out", out),
-            f"same run directory {out / 'a'}", str(world["a"]), str(world["a_lr"]), "run.name = 'a'")
+    refused(
+        cli("compare", world["a"], world["a_lr"], "--out", out),
+        f"same run directory {out / 'a'}",
+        str(world["a"]),
+        str(world["a_lr"]),
+        "run.name = 'a'",
+    )
     refused(cli("compare", world["a"], world["a"], "--out", out), "run.name = 'a'")
     assert not out.exists()
 
@@ -162,8 +177,13 @@ def test_two_recipes_of_one_run_name_in_one_compare_are_refused_before_training(
 def test_bert_next_to_ul2_is_refused_before_training_unless_allowed(world, cli, tmp_path) -> None:
     ul2 = write_recipe(world["root"], "u.toml", merged(UL2, {"run": {"name": "u"}}))
     out = tmp_path / "cmp"
-    refused(cli("compare", world["a"], ul2, "--out", out),
-            "different objectives", f"{world['a']}: model.arch = 'bert'", f"{ul2}: model.arch = 'ul2'", "--allow-mixed")
+    refused(
+        cli("compare", world["a"], ul2, "--out", out),
+        "different objectives",
+        f"{world['a']}: model.arch = 'bert'",
+        f"{ul2}: model.arch = 'ul2'",
+        "--allow-mixed",
+    )
     assert not out.exists()
     # finished runs too: a stand-in UL2 run (run a's files, its recipe.toml saying ul2; only the recipe is read)
     fake = tmp_path / "u"
@@ -172,8 +192,9 @@ def test_bert_next_to_ul2_is_refused_before_training_unless_allowed(world, cli, 
     assert 'arch = "bert"' in text and 'name = "a"' in text
     (fake / "recipe.toml").write_text(text.replace('arch = "bert"', 'arch = "ul2"').replace('name = "a"', 'name = "u"'))
     refused(cli("compare", "--runs", world["cmp"] / "a", fake, "--out", out), "model.arch = 'ul2'", "--allow-mixed")
-    doc = json.loads(run_ok(cli, "compare", "--runs", world["cmp"] / "a", fake, "--out", out, "--allow-mixed",
-                            "--json").stdout)
+    doc = json.loads(
+        run_ok(cli, "compare", "--runs", world["cmp"] / "a", fake, "--out", out, "--allow-mixed", "--json").stdout
+    )
     assert sorted(r["name"] for r in doc["runs"]) == ["a", "u"]
 
 
@@ -188,8 +209,9 @@ def test_one_run_passed_twice_is_not_two_seeds(world, cli, tmp_path) -> None:
     # the same name over another recipe is not a second seed either
     text = (copy / "recipe.toml").read_text()
     (copy / "recipe.toml").write_text(text.replace("seed = 0", "seed = 1").replace("lr = 0.003", "lr = 0.01"))
-    refused(cli("compare", "--runs", a, copy, "--out", tmp_path / "out"),
-            "share run.name = 'a'", "optim.lr (0.003 vs 0.01)")
+    refused(
+        cli("compare", "--runs", a, copy, "--out", tmp_path / "out"), "share run.name = 'a'", "optim.lr (0.003 vs 0.01)"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -199,12 +221,13 @@ def test_one_run_passed_twice_is_not_two_seeds(world, cli, tmp_path) -> None:
 def test_runs_takes_several_directories_after_one_flag_and_repeats(world, cli, tmp_path) -> None:
     a, b, cmp = world["cmp"] / "a", world["cmp"] / "b", world["cmp"]
     assert (cmp / "compare.json").is_file()  # a glob over cmp picks up the comparison files too
-    for args in (["--runs", a, b], ["--runs", a, "--runs", b], ["--runs", *sorted(cmp.iterdir())],
-                 [b, "--runs", a]):
+    for args in (["--runs", a, b], ["--runs", a, "--runs", b], ["--runs", *sorted(cmp.iterdir())], [b, "--runs", a]):
         doc = json.loads(run_ok(cli, "compare", *args, "--out", tmp_path / "o", "--json").stdout)
         assert sorted(r["name"] for r in doc["runs"]) == ["a", "b"], args
-    refused(cli("compare", "--runs", a, tmp_path / "nope", "--out", tmp_path / "o"),
-            f"--runs {tmp_path / 'nope'}: no such run directory")
+    refused(
+        cli("compare", "--runs", a, tmp_path / "nope", "--out", tmp_path / "o"),
+        f"--runs {tmp_path / 'nope'}: no such run directory",
+    )
 
 
 def test_the_runs_examples_in_help_work_as_written(world, cli, tmp_path, monkeypatch) -> None:
@@ -215,8 +238,11 @@ def test_the_runs_examples_in_help_work_as_written(world, cli, tmp_path, monkeyp
             shutil.copytree(world["cmp"] / run, tmp_path / folder / name)
     monkeypatch.chdir(tmp_path)
     # (the --downstream example fine-tunes: test_finetune runs compare --downstream)
-    examples = [line.strip() for line in HELP.splitlines()
-                if line.strip().startswith("raptr compare --runs") and "--downstream" not in line]
+    examples = [
+        line.strip()
+        for line in HELP.splitlines()
+        if line.strip().startswith("raptr compare --runs") and "--downstream" not in line
+    ]
     assert len(examples) == 2
     for line in examples:  # as a shell runs it: words split, globs expanded
         words = [w2 for w in shlex.split(line)[2:] for w2 in (sorted(glob.glob(w)) if "*" in w else [w])]
@@ -231,7 +257,6 @@ def test_the_runs_examples_in_help_work_as_written(world, cli, tmp_path, monkeyp
 def test_compare_out_at_a_file_exits_2_naming_out(world, cli, tmp_path) -> None:
     file = tmp_path / "taken.txt"
     file.write_text("mine")
-    refused(cli("compare", "--runs", world["cmp"] / "a", world["cmp"] / "b", "--out", file),
-            f"--out {file} is a file")
+    refused(cli("compare", "--runs", world["cmp"] / "a", world["cmp"] / "b", "--out", file), f"--out {file} is a file")
     refused(cli("compare", world["a"], "--out", file), f"--out {file} is a file")
     assert file.read_text() == "mine" and sorted(tmp_path.iterdir()) == [file]

@@ -28,8 +28,9 @@ def test_compare_resumes_an_interrupted_run_exactly(make_recipe, cli, tmp_path) 
     assert [r["name"] for r in doc["runs"]] == ["a"] and (cut / "a" / "final").is_dir()
     assert kept.stat().st_mtime_ns == stamp  # resumed: the run directory was not replaced
     timing = ("elapsed_s", "tokens_per_s", "tflops_per_s", "data_share")
-    rows = [[{k: v for k, v in r.items() if k not in timing} for r in train_rows(read_rows(d / "a"))]
-            for d in (cut, whole)]
+    rows = [
+        [{k: v for k, v in r.items() if k not in timing} for r in train_rows(read_rows(d / "a"))] for d in (cut, whole)
+    ]
     assert rows[0] == rows[1] and len(rows[0]) == 8
     from safetensors.torch import load_file
 

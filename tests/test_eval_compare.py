@@ -14,9 +14,13 @@ from conftest import eval_rows, read_rows, run_ok, train_rows
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-RAPTR_4 = {"model": {"n_layers": 4},
-           "schedule": {"method": "raptr", "stages": [{"fraction": 0.5, "path_length": 3},
-                                                      {"fraction": 0.5, "path_length": 4}]}}
+RAPTR_4 = {
+    "model": {"n_layers": 4},
+    "schedule": {
+        "method": "raptr",
+        "stages": [{"fraction": 0.5, "path_length": 3}, {"fraction": 0.5, "path_length": 4}],
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_eval_equals_the_runs_final_eval_and_a_direct_recomputation(runs, cli):
     B = recipe.train.batch_size
     with torch.no_grad():
         for b in range(min(recipe.train.eval_batches, len(rd.eval) // B)):
-            batch, _ = obj.batch(rd.eval[b * B:(b + 1) * B], recipe.run.seed ^ 0x5EED, b)
+            batch, _ = obj.batch(rd.eval[b * B : (b + 1) * B], recipe.run.seed ^ 0x5EED, b)
             logits = model(batch["input_ids"]).logits  # (B, T, V): the full head, no masking shortcut
             y = batch["labels"]
             total += float(torch.nn.functional.cross_entropy(logits[y != -100], y[y != -100], reduction="sum"))
@@ -113,8 +117,19 @@ def test_compare_aggregates_the_seeds_of_a_run(runs, cli, tmp_path):
         if "eval_loss" in r:
             r["eval_loss"] += 0.1
     (other / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = run_ok(cli, "compare", "--runs", runs["base"], "--runs", runs["raptr"], "--runs", other,
-                 "--out", tmp_path / "cmp", "--json")
+    res = run_ok(
+        cli,
+        "compare",
+        "--runs",
+        runs["base"],
+        "--runs",
+        runs["raptr"],
+        "--runs",
+        other,
+        "--out",
+        tmp_path / "cmp",
+        "--json",
+    )
     doc = json.loads(res.stdout)
     one = next(r for r in doc["runs"] if r["run"] == str(runs["raptr"]))
     groups = {g["name"]: g for g in doc["by_name"]}
@@ -125,8 +140,9 @@ def test_compare_aggregates_the_seeds_of_a_run(runs, cli, tmp_path):
     assert final["mean"] == pytest.approx(one["final_eval_loss"] + 0.05)
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "Mean over seeds" in md and "| raptr | raptr | 3-4 | 0, 1 |" in md
-    table = run_ok(cli, "compare", "--runs", runs["base"], "--runs", runs["raptr"], "--runs", other,
-                   "--out", tmp_path / "cmp2")
+    table = run_ok(
+        cli, "compare", "--runs", runs["base"], "--runs", runs["raptr"], "--runs", other, "--out", tmp_path / "cmp2"
+    )
     assert "mean over seeds" in table.stdout
 
 
@@ -139,20 +155,45 @@ def test_compare_runs_recipes_with_an_equal_flops_baseline(make_recipe, cli, tmp
     eq = names["b-equiflop-r"]
     assert eq["steps"] < 8 and abs(eq["flops"] - names["r"]["flops"]) / names["r"]["flops"] < 0.1
     # FLOPs are relative to the full baseline, whatever order the runs come in
-    again = json.loads(run_ok(cli, "compare", "--runs", tmp_path / "b-equiflop-r", "--runs", tmp_path / "b",
-                              "--out", tmp_path / "again", "--json").stdout)
+    again = json.loads(
+        run_ok(
+            cli,
+            "compare",
+            "--runs",
+            tmp_path / "b-equiflop-r",
+            "--runs",
+            tmp_path / "b",
+            "--out",
+            tmp_path / "again",
+            "--json",
+        ).stdout
+    )
     rel = {r["name"]: r["relative_flops"] for r in again["runs"]}
     assert rel["b"] == pytest.approx(1.0) and rel["b-equiflop-r"] < 1.0
 
 
 def test_ul2_raptr_trains_through_the_trainer(make_recipe, cli, tmp_path):
-    recipe = make_recipe({"model": {"arch": "ul2", "n_layers": 4, "hidden_size": 64, "num_heads": 4,
-                                    "intermediate_size": 128, "dropout": 0.0, "attention_dropout": 0.0},
-                          "tokenizer": {"vocab_size": 600}, "optim": {"lr": 3e-3, "warmup_steps": 2},
-                          "train": {"steps": 16, "seq_len": 64, "eval_every": 8},
-                          "schedule": {"method": "raptr", "full_warmup_steps": 4,
-                                       "stages": [{"fraction": 0.5, "path_length": 3},
-                                                  {"fraction": 0.5, "path_length": 4}]}})
+    recipe = make_recipe(
+        {
+            "model": {
+                "arch": "ul2",
+                "n_layers": 4,
+                "hidden_size": 64,
+                "num_heads": 4,
+                "intermediate_size": 128,
+                "dropout": 0.0,
+                "attention_dropout": 0.0,
+            },
+            "tokenizer": {"vocab_size": 600},
+            "optim": {"lr": 3e-3, "warmup_steps": 2},
+            "train": {"steps": 16, "seq_len": 64, "eval_every": 8},
+            "schedule": {
+                "method": "raptr",
+                "full_warmup_steps": 4,
+                "stages": [{"fraction": 0.5, "path_length": 3}, {"fraction": 0.5, "path_length": 4}],
+            },
+        }
+    )
     out = tmp_path / "ul2"
     run_ok(cli, "pretrain", recipe, "--out", out)
     rows = read_rows(out)

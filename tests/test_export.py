@@ -33,8 +33,22 @@ from raptr_cli.train.checkpoint import write_model_dir  # noqa: E402
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 # Mixed case and accents: a cased tokenizer that HF silently lowercased would encode differently.
-_WORDS = ["The Cat", "the cat", "A Dog", "a dog", "Émile", "café", "sees", "likes", "the River",
-          "the bread", "at night", "The Queen", "her ring", "by the sea"]
+_WORDS = [
+    "The Cat",
+    "the cat",
+    "A Dog",
+    "a dog",
+    "Émile",
+    "café",
+    "sees",
+    "likes",
+    "the River",
+    "the bread",
+    "at night",
+    "The Queen",
+    "her ring",
+    "by the sea",
+]
 DOCS = [" ".join(_WORDS[(i * 7 + j * 3) % len(_WORDS)] for j in range(12)) + " ." for i in range(60)]
 SENTENCES = ["The Cat sees the River at night.", "émile likes THE café, unknownword!"]
 
@@ -76,17 +90,31 @@ def bpe() -> Any:
 
 
 def _bert(tok: Any, **kw: Any) -> BertForMaskedLM:
-    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, **kw)
+    cfg = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **kw,
+    )
     torch.manual_seed(0)
     return _perturb(BertForMaskedLM(cfg), seed=1)
 
 
 def _decoder(tok: Any, tie: bool) -> DecoderForPrefixLM:
     # rope_theta off its default: a config key lost on the way would change the logits.
-    cfg = DecoderConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_layers=3, num_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, rope_theta=500.0,
-                        tie_embeddings=tie)
+    cfg = DecoderConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_layers=3,
+        num_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        rope_theta=500.0,
+        tie_embeddings=tie,
+    )
     torch.manual_seed(0)
     return _perturb(DecoderForPrefixLM(cfg), seed=2)
 
@@ -100,12 +128,16 @@ def test_bert_export_matches_transformers(tmp_path: Path, wordpiece: Any) -> Non
     run = _write_run(tmp_path / "run", model, "bert", wordpiece)
     out = export_hf(run, tmp_path / "hf")
     assert out == tmp_path / "hf"
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json",
-                                                "tokenizer_config.json", "special_tokens_map.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
-    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(
-        out, local_files_only=True, output_loading_info=True)
+    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(out, local_files_only=True, output_loading_info=True)
     assert type(hf).__name__ == "BertForMaskedLM"
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     hf.eval()
@@ -122,8 +154,9 @@ def test_bert_export_matches_transformers(tmp_path: Path, wordpiece: Any) -> Non
     batch = hf_tok(SENTENCES, padding=True, return_tensors="pt")
     assert int(batch["attention_mask"].sum()) < batch["attention_mask"].numel()  # has padding
     with torch.no_grad():
-        ours = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"]).logits
+        ours = model(
+            batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        ).logits
         theirs = hf(**batch).logits
     assert ours.shape == theirs.shape == (*batch["input_ids"].shape, wordpiece.get_vocab_size())
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
@@ -135,8 +168,7 @@ def test_ul2_export_matches_llama(tmp_path: Path, bpe: Any, tie: bool) -> None:
     run = _write_run(tmp_path / "run", model, "ul2", bpe)
     out = export_hf(run, tmp_path / "hf")
 
-    hf, info = transformers.AutoModelForCausalLM.from_pretrained(
-        out, local_files_only=True, output_loading_info=True)
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True, output_loading_info=True)
     assert type(hf).__name__ == "LlamaForCausalLM"
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     hf.eval()
@@ -154,7 +186,7 @@ def test_ul2_export_matches_llama(tmp_path: Path, bpe: Any, tie: bool) -> None:
     assert json.loads((out / "special_tokens_map.json").read_text())["eos_token"] == "[EOS]"
     assert "add_bos_token" not in json.loads((out / "special_tokens_map.json").read_text())
 
-    ids = torch.tensor([bpe.encode(texts[-1]).ids, bpe.encode(texts[0]).ids[:len(bpe.encode(texts[-1]).ids)]])
+    ids = torch.tensor([bpe.encode(texts[-1]).ids, bpe.encode(texts[0]).ids[: len(bpe.encode(texts[-1]).ids)]])
     with torch.no_grad():
         ours = model(ids).logits  # prefix_len=None: fully causal
         theirs = hf(input_ids=ids).logits

@@ -64,12 +64,25 @@ def task(tmp_path_factory) -> str:
 
 def test_finetune_beats_chance_and_json_contract(run, task, cli, tmp_path):
     out = tmp_path / "ft"
-    res = run_ok(cli, "finetune", run, "--task", task, "--seeds", "0,1", "--from-scratch", "--out", out,
-                 "--json", *FAST)
+    res = run_ok(
+        cli, "finetune", run, "--task", task, "--seeds", "0,1", "--from-scratch", "--out", out, "--json", *FAST
+    )
     doc = json.loads(res.stdout)  # stdout holds the JSON document alone
     assert doc == json.loads((out / "finetune.json").read_text()) | {"seconds": doc["seconds"]}
-    for key in ("checkpoint", "run", "arch", "task", "settings", "metric", "metrics", "seeds",
-                "pretrained", "scratch", "gain", "steps_per_seed"):
+    for key in (
+        "checkpoint",
+        "run",
+        "arch",
+        "task",
+        "settings",
+        "metric",
+        "metrics",
+        "seeds",
+        "pretrained",
+        "scratch",
+        "gain",
+        "steps_per_seed",
+    ):
         assert key in doc, key
     assert doc["task"]["chance"]["accuracy"] == 0.5 and doc["task"]["labels"] == ["animal", "person"]
     assert doc["metrics"] == ["accuracy", "macro_f1", "mcc"] and doc["settings"]["lr"] == 2e-3
@@ -84,13 +97,24 @@ def test_finetune_beats_chance_and_json_contract(run, task, cli, tmp_path):
     # The label is one word of the sentence: both inits learn it, far above chance (0.5).
     assert all(r["accuracy"] >= 0.9 and r["mcc"] > 0.8 for r in doc["pretrained"]["runs"]), doc["pretrained"]
     # Seeds differ (head init, order, dropout); a rerun of a seed is identical.
-    again = json.loads(run_ok(cli, "finetune", run, "--task", task, "--seeds", "1", "--out", tmp_path / "b",
-                              "--json", *FAST).stdout)
+    again = json.loads(
+        run_ok(cli, "finetune", run, "--task", task, "--seeds", "1", "--out", tmp_path / "b", "--json", *FAST).stdout
+    )
     assert again["pretrained"]["runs"][0]["train_loss"] == doc["pretrained"]["runs"][1]["train_loss"]
 
     # any checkpoint, with the rich table; the default OUT lives in the run directory
-    table = run_ok(cli, "finetune", run / "checkpoints" / "step-0000004", "--task", task, "--seeds", "0",
-                   *FAST, "--set", "finetune.max_steps=3")
+    table = run_ok(
+        cli,
+        "finetune",
+        run / "checkpoints" / "step-0000004",
+        "--task",
+        task,
+        "--seeds",
+        "0",
+        *FAST,
+        "--set",
+        "finetune.max_steps=3",
+    )
     assert "pretrained │ mean" in table.stdout and "chance 0.500" in table.stdout
     (found,) = (run / "finetune").glob("*/step-0000004/finetune.json")  # RUN/finetune/<task dir name>/
     ck = json.loads(found.read_text())
@@ -105,8 +129,22 @@ def test_regression_and_pair_task(run, cli, tmp_path):
             a, b = rng.choice(ANIMALS + PEOPLE), rng.choice(OBJECTS)
             rows.append(f"{a} sees {b} .,{b} .,{(1.5 if a in ANIMALS else 3.25) + rng.random() / 10:.3f}")
         (tmp_path / f"{split}.csv").write_text("\n".join(rows))
-    doc = json.loads(run_ok(cli, "finetune", run, "--task", tmp_path, "--seeds", "0", "--json",
-                            "--out", tmp_path / "o", "--set", "finetune.max_steps=20").stdout)
+    doc = json.loads(
+        run_ok(
+            cli,
+            "finetune",
+            run,
+            "--task",
+            tmp_path,
+            "--seeds",
+            "0",
+            "--json",
+            "--out",
+            tmp_path / "o",
+            "--set",
+            "finetune.max_steps=20",
+        ).stdout
+    )
     assert doc["task"]["kind"] == "regression" and doc["task"]["pair"] is True
     assert doc["metrics"] == ["pearson", "spearman", "mse"] and doc["metric"] == "pearson"
     assert -1 <= doc["pretrained"]["runs"][0]["pearson"] <= 1
@@ -136,7 +174,8 @@ def test_saved_model_loads_into_bert_for_sequence_classification(run, tmp_path):
             prm.add_(0.05 * torch.randn(prm.shape, generator=torch.Generator().manual_seed(prm.numel())))
     save_classifier(ours, p, task, tmp_path / "hf")
     hf, info = transformers.BertForSequenceClassification.from_pretrained(
-        tmp_path / "hf", local_files_only=True, output_loading_info=True)
+        tmp_path / "hf", local_files_only=True, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert hf.config.id2label == {0: "animal", 1: "person"}
     assert set(load_file(str(tmp_path / "hf" / "model.safetensors"))) == set(hf.state_dict())
@@ -163,17 +202,50 @@ def _bad(tmp_path: Path, train: str | bytes, dev: str | bytes, suffix: str = ".t
 GOOD = "sentence\tlabel\na cat .\t0\na king .\t1\n"
 
 
-@pytest.mark.parametrize("case, train, dev, suffix, expect", [
-    ("missing column", "text\tlabel\na cat .\t0\n", GOOD, ".tsv", ["train.tsv", "'sentence'", "columns: text, label"]),
-    ("missing label", GOOD, "sentence\ty\na cat .\t0\n", ".tsv", ["dev.tsv", "'label'"]),
-    ("unseen dev label", GOOD, "sentence\tlabel\na cat .\t2\n", ".tsv", ["dev.tsv", "'label'", "'2'", "never occurs"]),
-    ("empty file", "", GOOD, ".tsv", ["train.tsv is empty"]),
-    ("header only", "sentence\tlabel\n", GOOD, ".tsv", ["train.tsv", "no examples"]),
-    ("not utf-8", b"sentence\tlabel\ncaf\xe9 .\t0\nking .\t1\n", GOOD, ".tsv", ["train.tsv is not UTF-8", "line 2"]),
-    ("one class", "sentence\tlabel\na cat .\t0\na dog .\t0\n", GOOD, ".tsv", ["train.tsv", "'label'", "two classes"]),
-    ("bad jsonl", '{"sentence": "a", "label": 0}\nnot json\n', GOOD, ".jsonl", ["train.jsonl line 2"]),
-    ("csv missing column", "sentence1,label\na,0\nb,1\n", "sentence1,label\na,0\n", ".csv", ["train.csv", "'sentence2'"]),
-])
+@pytest.mark.parametrize(
+    "case, train, dev, suffix, expect",
+    [
+        (
+            "missing column",
+            "text\tlabel\na cat .\t0\n",
+            GOOD,
+            ".tsv",
+            ["train.tsv", "'sentence'", "columns: text, label"],
+        ),
+        ("missing label", GOOD, "sentence\ty\na cat .\t0\n", ".tsv", ["dev.tsv", "'label'"]),
+        (
+            "unseen dev label",
+            GOOD,
+            "sentence\tlabel\na cat .\t2\n",
+            ".tsv",
+            ["dev.tsv", "'label'", "'2'", "never occurs"],
+        ),
+        ("empty file", "", GOOD, ".tsv", ["train.tsv is empty"]),
+        ("header only", "sentence\tlabel\n", GOOD, ".tsv", ["train.tsv", "no examples"]),
+        (
+            "not utf-8",
+            b"sentence\tlabel\ncaf\xe9 .\t0\nking .\t1\n",
+            GOOD,
+            ".tsv",
+            ["train.tsv is not UTF-8", "line 2"],
+        ),
+        (
+            "one class",
+            "sentence\tlabel\na cat .\t0\na dog .\t0\n",
+            GOOD,
+            ".tsv",
+            ["train.tsv", "'label'", "two classes"],
+        ),
+        ("bad jsonl", '{"sentence": "a", "label": 0}\nnot json\n', GOOD, ".jsonl", ["train.jsonl line 2"]),
+        (
+            "csv missing column",
+            "sentence1,label\na,0\nb,1\n",
+            "sentence1,label\na,0\n",
+            ".csv",
+            ["train.csv", "'sentence2'"],
+        ),
+    ],
+)
 def test_bad_task_files_exit_2(run, cli, tmp_path, case, train, dev, suffix, expect):
     res = cli("finetune", run, "--task", _bad(tmp_path, train, dev, suffix), "--out", tmp_path / "o")
     assert res.exit_code == 2, (case, res.output)
@@ -264,8 +336,15 @@ def test_ul2_head_mean_pools_the_bidirectional_input_and_ignores_padding():
     from raptr_cli.models.ul2.model import DecoderConfig, DecoderForPrefixLM
 
     torch.manual_seed(0)
-    cfg = DecoderConfig(vocab_size=64, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
-                        dropout=0.0, tie_embeddings=False)
+    cfg = DecoderConfig(
+        vocab_size=64,
+        num_layers=2,
+        hidden_size=32,
+        num_heads=2,
+        intermediate_size=64,
+        dropout=0.0,
+        tie_embeddings=False,
+    )
     clf = DecoderClassifier(DecoderForPrefixLM(cfg), num_labels=3).eval()
     assert "decoder.lm_head.weight" not in clf.state_dict()  # the unused LM head is dropped
     ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])

@@ -66,10 +66,16 @@ def test_pld_and_stochastic_depth_use_expectations():
     loop = sum(pld.expected_active(t) for t in range(3000)) * 64 * 3 * layer_flops_per_token(d)
     assert out["layers_only"]["total"] == pytest.approx(loop, rel=1e-12)
     assert out["stages"][0]["expected"]
-    sd = build_plan(ScheduleConfig(method="stochastic_depth", sd_match_path_lengths=[6, 8, 10, 12]),
-                    12, 4000, 64, seed=0)
-    rp = build_plan(ScheduleConfig(method="raptr", stages=[S(steps=1000, path_length=k) for k in (6, 8, 10, 12)]),
-                    12, 4000, 64, seed=0)
+    sd = build_plan(
+        ScheduleConfig(method="stochastic_depth", sd_match_path_lengths=[6, 8, 10, 12]), 12, 4000, 64, seed=0
+    )
+    rp = build_plan(
+        ScheduleConfig(method="raptr", stages=[S(steps=1000, path_length=k) for k in (6, 8, 10, 12)]),
+        12,
+        4000,
+        64,
+        seed=0,
+    )
     d12 = Dims(hidden=32, ffn=128, vocab=50, n_layers=12, seq_len=16)
     assert plan_flops(sd, d12, 64, 0.15)["total_flops"] == pytest.approx(plan_flops(rp, d12, 64, 0.15)["total_flops"])
     with pytest.raises(ValueError):
@@ -81,8 +87,16 @@ def test_analytic_matches_flop_counter(seq_len, layers):
     bert = pytest.importorskip("raptr_cli.models.bert.model")
     torch.manual_seed(0)
     h, ffn, V, L, B, n_masked = 64, 256, 96, 4, 2, 7
-    cfg = bert.BertConfig(vocab_size=V, hidden_size=h, num_layers=L, num_heads=4, intermediate_size=ffn,
-                          max_position_embeddings=128, hidden_dropout=0.0, attention_dropout=0.0)
+    cfg = bert.BertConfig(
+        vocab_size=V,
+        hidden_size=h,
+        num_layers=L,
+        num_heads=4,
+        intermediate_size=ffn,
+        max_position_embeddings=128,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     model = bert.BertForMaskedLM(cfg)
     ids = torch.randint(1, V, (B, seq_len))
     labels = torch.full((B, seq_len), -100)

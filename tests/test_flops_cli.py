@@ -108,15 +108,18 @@ def test_equal_flops_to_matches_the_raptr_recipe():
     assert doc["budget"]["steps"] == pytest.approx(1_000_000 * flops(RAPTR)["ratio"], rel=1e-3)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--gpu", "nosuchgpu"], "--gpu"),
-    (["--budget", "lots"], "--budget"),
-    (["--budget", "-3e18"], "--budget"),
-    (["--budget", "200gpu-h"], "--gpu"),  # GPU-hours need a GPU peak
-    (["--mfu", "0"], "--mfu"),
-    (["--mfu", "1.5"], "--mfu"),
-    (["--budget", "3e18", "--equal-flops-to", RAPTR], "--equal-flops-to"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--gpu", "nosuchgpu"], "--gpu"),
+        (["--budget", "lots"], "--budget"),
+        (["--budget", "-3e18"], "--budget"),
+        (["--budget", "200gpu-h"], "--gpu"),  # GPU-hours need a GPU peak
+        (["--mfu", "0"], "--mfu"),
+        (["--mfu", "1.5"], "--mfu"),
+        (["--budget", "3e18", "--equal-flops-to", RAPTR], "--equal-flops-to"),
+    ],
+)
 def test_bad_flags_exit_2_with_a_message(args, needle):
     res = runner.invoke(app, ["flops", RAPTR, *args])
     assert res.exit_code == 2, res.output
@@ -127,26 +130,41 @@ def test_bad_flags_exit_2_with_a_message(args, needle):
 
 def test_cli_import_does_not_load_torch():
     """`raptr flops` stays fast because importing the CLI (and running flops) never loads torch."""
-    code = ("import sys, time; t = time.perf_counter(); import raptr_cli.cli.main; "
-            "print(round(time.perf_counter() - t, 3), 'torch' in sys.modules)")
+    code = (
+        "import sys, time; t = time.perf_counter(); import raptr_cli.cli.main; "
+        "print(round(time.perf_counter() - t, 3), 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False", "importing raptr_cli.cli.main pulled in torch"
     assert float(out[0]) < 10.0  # typically ~0.3 s; torch alone takes seconds
-    code = ("import sys; from typer.testing import CliRunner; from raptr_cli.cli.main import app; "
-            f"r = CliRunner().invoke(app, ['flops', {RAPTR!r}, '--json']); "
-            "assert r.exit_code == 0, r.output; print('torch' in sys.modules)")
+    code = (
+        "import sys; from typer.testing import CliRunner; from raptr_cli.cli.main import app; "
+        f"r = CliRunner().invoke(app, ['flops', {RAPTR!r}, '--json']); "
+        "assert r.exit_code == 0, r.output; print('torch' in sys.modules)"
+    )
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False", "`raptr flops` imported torch"
     assert time.perf_counter() - t < 20.0
 
 
-@pytest.mark.parametrize("cfg", [
-    BertConfig.from_preset("base"),
-    BertConfig.from_preset("tiny", vocab_size=512),
-    BertConfig(vocab_size=300, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, norm="pre",
-               max_position_embeddings=64),
-], ids=["base", "tiny", "pre-ln"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        BertConfig.from_preset("base"),
+        BertConfig.from_preset("tiny", vocab_size=512),
+        BertConfig(
+            vocab_size=300,
+            hidden_size=32,
+            num_layers=3,
+            num_heads=2,
+            intermediate_size=64,
+            norm="pre",
+            max_position_embeddings=64,
+        ),
+    ],
+    ids=["base", "tiny", "pre-ln"],
+)
 def test_analytic_param_count_matches_the_model(cfg):
     with torch.device("meta"):  # base has 110M parameters: count them without allocating
         model = BertForMaskedLM(cfg)

@@ -46,10 +46,24 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
     out = tmp_path_factory.mktemp("gpu-bench") / "smoke.json"
     env_path = str(REPO / "src")
     proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(BENCH), "--cpu-smoke", "--threads", "1", "--peak", "1",
-         "--json-out", str(out)],
-        capture_output=True, text=True, timeout=240,
-        env={**os.environ, "PYTHONPATH": env_path, "CUDA_VISIBLE_DEVICES": ""})
+        [
+            sys.executable,
+            "-c",
+            DRIVER,
+            str(BENCH),
+            "--cpu-smoke",
+            "--threads",
+            "1",
+            "--peak",
+            "1",
+            "--json-out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": env_path, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert not [n for n in doc["notes"] if "failed" in n], proc.stderr[-3000:]  # every phase ran through
@@ -89,8 +103,14 @@ def test_smoke_flops_ratios_are_the_analytic_ones(smoke):
     c = doc["config"]
     for key in ("base", "large"):
         spec, res = c[key], doc[key]["eager"]
-        cfg = BertConfig(vocab_size=spec["vocab"], hidden_size=spec["hidden"], num_layers=spec["layers"],
-                         num_heads=spec["heads"], intermediate_size=4 * spec["hidden"], max_position_embeddings=512)
+        cfg = BertConfig(
+            vocab_size=spec["vocab"],
+            hidden_size=spec["hidden"],
+            num_layers=spec["layers"],
+            num_heads=spec["heads"],
+            intermediate_size=4 * spec["hidden"],
+            max_position_embeddings=512,
+        )
         dims = model_dims(cfg, c["seq_len"])
         tokens, n = c["batch"] * c["seq_len"], res["n_masked"]
         assert res["tokens_per_step"] == tokens and 0 < n < tokens
@@ -107,9 +127,16 @@ def test_smoke_flops_ratios_are_the_analytic_ones(smoke):
 def test_smoke_table_lists_every_check_without_verdicts(smoke):
     proc, doc = smoke
     checks = [r["check"] for r in doc["table"]]
-    for needle in ("MFU, smoke 12x64 full model, eager", "t(6) / t(12)", "t(8) / t(12)", "t(10) / t(12)",
-                   "t(12) / t(24)", "raptr / transformers BertForMaskedLM", "data_share, real trainer",
-                   "--dry-run estimate"):
+    for needle in (
+        "MFU, smoke 12x64 full model, eager",
+        "t(6) / t(12)",
+        "t(8) / t(12)",
+        "t(10) / t(12)",
+        "t(12) / t(24)",
+        "raptr / transformers BertForMaskedLM",
+        "data_share, real trainer",
+        "--dry-run estimate",
+    ):
         assert any(needle in c for c in checks), needle
     assert all(r["pass"] is None for r in doc["table"])  # targets apply on a GPU only
     assert "smoke" in proc.stdout and "data_share, real trainer" in proc.stdout

@@ -20,12 +20,36 @@ ROOT = Path(__file__).resolve().parents[1]
 RAPTR = shutil.which("raptr", path=str(Path(sys.executable).parent)) or str(Path(sys.executable).parent / "raptr")
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
-SETS = ["--set", "train.steps=6", "--set", "model.n_layers=4", "--set", "model.hidden_size=32",
-        "--set", "model.num_heads=2", "--set", "model.intermediate_size=64", "--set", "train.seq_len=32",
-        "--set", "train.batch_size=8", "--set", "tokenizer.vocab_size=200", "--set", "log.console=none",
-        "--set", "train.eval_every=0", "--set", "train.checkpoint_every=3", "--set", "model.dropout=0.0",
-        "--set", "model.attention_dropout=0.0",
-        "--set", "schedule.stages=[{fraction=0.5,path_length=3},{fraction=0.5,path_length=4}]"]
+SETS = [
+    "--set",
+    "train.steps=6",
+    "--set",
+    "model.n_layers=4",
+    "--set",
+    "model.hidden_size=32",
+    "--set",
+    "model.num_heads=2",
+    "--set",
+    "model.intermediate_size=64",
+    "--set",
+    "train.seq_len=32",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "tokenizer.vocab_size=200",
+    "--set",
+    "log.console=none",
+    "--set",
+    "train.eval_every=0",
+    "--set",
+    "train.checkpoint_every=3",
+    "--set",
+    "model.dropout=0.0",
+    "--set",
+    "model.attention_dropout=0.0",
+    "--set",
+    "schedule.stages=[{fraction=0.5,path_length=3},{fraction=0.5,path_length=4}]",
+]
 
 
 def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -43,9 +67,29 @@ def runs(tmp_path_factory):
     recipe = str(ROOT / "recipes/bert-tiny-raptr.toml")
     one = _run([RAPTR, "pretrain", recipe, "--out", str(tmp / "one"), *SETS, *data], env)
     assert one.returncode == 0, one.stderr
-    two = _run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no",
-                RAPTR, "pretrain", recipe, "--out", str(tmp / "two"), *SETS, *data], env)
+    two = _run(
+        [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            RAPTR,
+            "pretrain",
+            recipe,
+            "--out",
+            str(tmp / "two"),
+            *SETS,
+            *data,
+        ],
+        env,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     return tmp, env, recipe, data
 
@@ -74,8 +118,21 @@ def test_resume_with_another_world_size_is_refused(runs):
     assert sorted(p.name for p in (tmp / "two" / "checkpoints").iterdir()) == before
 
 
-FSDP = [ACCELERATE, "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+FSDP = [
+    ACCELERATE,
+    "launch",
+    "--use_fsdp",
+    "--fsdp_version",
+    "2",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +178,22 @@ def test_fsdp_refuses_stacking_and_unsupported_options(runs):
     res = _run([*FSDP, RAPTR, "pretrain", stack, "--out", str(tmp / "fsdp-stack"), *sets, *data], env)
     assert res.returncode != 0 and "cannot run sharded (FSDP)" in res.stderr
     assert "Traceback" not in res.stderr.split("cannot run sharded")[0][-2000:]
-    res = _run([*FSDP[:-4], "--fsdp_offload_params", "true", *FSDP[-4:], RAPTR, "pretrain",
-                str(ROOT / "recipes/bert-tiny-raptr.toml"), "--out", str(tmp / "fsdp-offload"), *SETS, *data], env)
+    res = _run(
+        [
+            *FSDP[:-4],
+            "--fsdp_offload_params",
+            "true",
+            *FSDP[-4:],
+            RAPTR,
+            "pretrain",
+            str(ROOT / "recipes/bert-tiny-raptr.toml"),
+            "--out",
+            str(tmp / "fsdp-offload"),
+            *SETS,
+            *data,
+        ],
+        env,
+    )
     assert res.returncode != 0 and "parameter offloading" in res.stderr
 
 
@@ -137,8 +208,21 @@ def _workers(launcher: int) -> dict[int, int]:
 
 
 SIGNAL_SETS = [*SETS, "--set", "train.steps=600", "--set", "train.checkpoint_every=0"]
-LAUNCH_2 = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", RAPTR, "pretrain"]
+LAUNCH_2 = [
+    ACCELERATE,
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    RAPTR,
+    "pretrain",
+]
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +233,10 @@ def unsignalled(runs):
     return load_file(str(tmp / "unsignalled" / "final" / "model.safetensors"))
 
 
-@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
-                    reason="finds the workers through /proc/PID/task/PID/children (Linux)")
+@pytest.mark.skipif(
+    not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+    reason="finds the workers through /proc/PID/task/PID/children (Linux)",
+)
 @pytest.mark.parametrize("target", ["rank 0", "rank 1", "launcher"])
 def test_a_signal_stops_every_rank_after_the_same_step(runs, unsignalled, target):
     """SIGTERM to one worker only (a scheduler may signal only some), or Ctrl-C to the launcher (which
@@ -164,8 +250,13 @@ def test_a_signal_stops_every_rank_after_the_same_step(runs, unsignalled, target
     out, err_file = tmp / f"signalled-{tag}", tmp / f"signalled-{tag}.err"
     workers: dict[int, int] = {}
     with open(err_file, "w") as err:
-        proc = subprocess.Popen([*LAUNCH_2, recipe, "--out", str(out), *SIGNAL_SETS, *data], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [*LAUNCH_2, recipe, "--out", str(out), *SIGNAL_SETS, *data],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         try:
             wait_until(proc, err_file, lambda: logged_steps(out) >= 3)
             workers = _workers(proc.pid)

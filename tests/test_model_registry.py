@@ -28,9 +28,13 @@ class ToyConfig(BertConfig):
 
 def _toy_spec() -> registry.ArchSpec:
     return dataclasses.replace(
-        BERT, name="toy", config=ToyConfig, export=None,
+        BERT,
+        name="toy",
+        config=ToyConfig,
+        export=None,
         presets={"two": dict(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64)},
-        build=lambda cfg: BertForMaskedLM(cfg))
+        build=lambda cfg: BertForMaskedLM(cfg),
+    )
 
 
 @pytest.fixture
@@ -66,15 +70,28 @@ def test_registry_refuses_unknown_names_and_double_registration(toy: registry.Ar
 
 def _bert() -> BertForMaskedLM:
     torch.manual_seed(0)
-    return BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_layers=4, num_heads=2,
-                                      intermediate_size=64, max_position_embeddings=16, norm="pre",
-                                      hidden_dropout=0.0, attention_dropout=0.0)).eval()
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_layers=4,
+            num_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            norm="pre",
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+        )
+    ).eval()
 
 
 def _decoder() -> DecoderForPrefixLM:
     torch.manual_seed(0)
-    return DecoderForPrefixLM(DecoderConfig(vocab_size=50, hidden_size=32, num_layers=4, num_heads=4,
-                                            intermediate_size=64, max_position_embeddings=16)).eval()
+    return DecoderForPrefixLM(
+        DecoderConfig(
+            vocab_size=50, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64, max_position_embeddings=16
+        )
+    ).eval()
 
 
 @pytest.mark.parametrize("make", [_bert, _decoder])

@@ -22,8 +22,9 @@ def test_mlm_objective_is_the_masking_of_objectives_mlm() -> None:
     assert obj.head_fraction == head_fraction(recipe) == 0.2
     rows = torch.randint(5, 40, (3, 16), generator=torch.Generator().manual_seed(0)).int()
     batch, groups = obj.batch(rows, seed=7, step=5)
-    want = mask_tokens(rows.long(), seed=7, step=5, mlm_probability=0.2, mask_id=4, vocab_size=40,
-                       special_ids=[0, 1, 2, 3, 4])
+    want = mask_tokens(
+        rows.long(), seed=7, step=5, mlm_probability=0.2, mask_id=4, vocab_size=40, special_ids=[0, 1, 2, 3, 4]
+    )
     assert groups is None and set(batch) == {"input_ids", "labels"}
     assert torch.equal(batch["input_ids"], want[0]) and torch.equal(batch["labels"], want[1])
 
@@ -40,7 +41,7 @@ def test_ul2_objective_groups_rows_by_denoiser() -> None:
     ids = [tok.encode(t).ids[:32] for t in text[:4]]
     rows = torch.full((4, 32), -1, dtype=torch.int32)
     for r, x in enumerate(ids):
-        rows[r, :len(x)] = torch.tensor(x)
+        rows[r, : len(x)] = torch.tensor(x)
     batch, groups = obj.batch(rows, seed=0, step=3)
     assert set(batch) == {"input_ids", "labels", "prefix_len"} and batch["input_ids"].shape == (4, 32)
     assert groups.shape == (4,) and int(groups.max()) < len(obj.group_names)

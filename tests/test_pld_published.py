@@ -28,8 +28,13 @@ def test_keep_probs_and_scales_follow_the_published_formula():
 def test_matched_gamma_gives_raptr_flops():
     ks = [6, 8, 10, 12]
     plan = build_plan(ScheduleConfig(method="pld", pld_match_path_lengths=ks), L, STEPS, 4096, seed=0)
-    raptr = build_plan(ScheduleConfig(method="raptr", stages=[StageConfig(fraction=0.25, path_length=k)
-                                                             for k in ks]), L, STEPS, 4096, seed=0)
+    raptr = build_plan(
+        ScheduleConfig(method="raptr", stages=[StageConfig(fraction=0.25, path_length=k) for k in ks]),
+        L,
+        STEPS,
+        4096,
+        seed=0,
+    )
     pld_layer_steps = sum(plan.expected_layer_steps(s) for s in plan.stages)
     raptr_layer_steps = sum(s.path_length * s.steps for s in raptr.stages)
     assert pld_layer_steps == pytest.approx(raptr_layer_steps, rel=1e-9)
@@ -58,9 +63,18 @@ def test_pre_ln_forward_scales_each_branch():
     from raptr_cli.models.bert.model import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    m = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2,
-                                   intermediate_size=64, hidden_dropout=0.0, attention_dropout=0.0,
-                                   norm="pre")).eval()
+    m = BertForMaskedLM(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            norm="pre",
+        )
+    ).eval()
     x = torch.randn(2, 5, 32)
     with torch.no_grad():
         blk = m.bert.encoder.layer[0]

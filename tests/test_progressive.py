@@ -40,17 +40,50 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 L, STEPS, TOKENS_PER_STEP = 6, 8, 8 * 32
 RAPTR_STAGES = "schedule.stages=[{fraction=0.5,path_length=4},{fraction=0.5,path_length=6}]"
 STACK_STAGES = "schedule.stages=[{fraction=0.5,depth=3},{fraction=0.5,depth=6}]"
-TINY = ["model.n_layers=6", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
-        "train.seq_len=32", "train.batch_size=8", "tokenizer.vocab_size=200", "log.console=none",
-        f"train.steps={STEPS}", "train.log_every=1", "train.eval_every=0", "data.eval_fraction=0.1"]
+TINY = [
+    "model.n_layers=6",
+    "model.hidden_size=32",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "train.seq_len=32",
+    "train.batch_size=8",
+    "tokenizer.vocab_size=200",
+    "log.console=none",
+    f"train.steps={STEPS}",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "data.eval_fraction=0.1",
+]
 # Row keys that must replay exactly on resume (wall-clock ones, like elapsed_s, tokens_per_s,
 # data_share or peak_rss_mb, differ between any two runs and are left out), plus every eval_* key.
-REPLAYED = {"event", "step", "stage", "path_length", "depth", "loss", "lr", "tokens", "flops", "grad_norm",
-            "path", "from_stage", "to_stage", "loss_before", "loss_after", "method", "keep_prob", "steps",
-            "loss_start", "loss_end", "loss_before_transition", "loss_after_transition"}
+REPLAYED = {
+    "event",
+    "step",
+    "stage",
+    "path_length",
+    "depth",
+    "loss",
+    "lr",
+    "tokens",
+    "flops",
+    "grad_norm",
+    "path",
+    "from_stage",
+    "to_stage",
+    "loss_before",
+    "loss_after",
+    "method",
+    "keep_prob",
+    "steps",
+    "loss_start",
+    "loss_end",
+    "loss_before_transition",
+    "loss_after_transition",
+}
 
 
 # --- fixtures and helpers ------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module", autouse=True)
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -60,8 +93,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     OpenMP's spinning workers made this file ~5x slower (measured: 2 min vs 23 s wall)."""
     root = tmp_path_factory.mktemp("progressive")
     rng = random.Random(0)
-    words = ("the king queen lord lady speaks walks sleeps castle river night day sword crown love war "
-             "peace and of to in with my thy good ill fair dark old young heart mind soul hand eye").split()
+    words = (
+        "the king queen lord lady speaks walks sleeps castle river night day sword crown love war "
+        "peace and of to in with my thy good ill fair dark old young heart mind soul hand eye"
+    ).split()
     (root / "data").mkdir()
     for f in range(2):
         lines = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 20))) + "." for _ in range(500)]
@@ -145,6 +180,7 @@ def same(a, b) -> bool:
 
 # --- 1. only the planned blocks execute ----------------------------------------------------------
 
+
 def test_executed_blocks_match_planned_path(pretrain, tmp_path, monkeypatch):
     rec = record_steps(monkeypatch)
     rows = train_rows(pretrain("raptr", tmp_path / "run", RAPTR_STAGES))
@@ -163,6 +199,7 @@ def test_executed_blocks_match_planned_path(pretrain, tmp_path, monkeypatch):
 
 # --- 2. skipped blocks get no optimizer update ---------------------------------------------------
 
+
 def _watch_optimizer(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Wrap loop.build_optimizer: per AdamW step, the LR, which blocks hold a gradient, and each
     block's [(parameter, AdamW state or None)] just before and just after the step."""
@@ -173,12 +210,22 @@ def _watch_optimizer(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
         opt = inner(model, cfg)
 
         def snapshot() -> list[list[tuple]]:
-            return [[(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()} if p in opt.state else None)
-                     for p in b.parameters()] for b in model.blocks]
+            return [
+                [
+                    (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()} if p in opt.state else None)
+                    for p in b.parameters()
+                ]
+                for b in model.blocks
+            ]
 
         def pre(o, *_):
-            log.append({"lr": o.param_groups[0]["lr"], "before": snapshot(),
-                        "grad": [any(p.grad is not None for p in b.parameters()) for b in model.blocks]})
+            log.append(
+                {
+                    "lr": o.param_groups[0]["lr"],
+                    "before": snapshot(),
+                    "grad": [any(p.grad is not None for p in b.parameters()) for b in model.blocks],
+                }
+            )
 
         opt.register_step_pre_hook(pre)
         opt.register_step_post_hook(lambda *_: log[-1].update(after=snapshot()))
@@ -239,6 +286,7 @@ def test_skipped_grad_zero_touches_skipped_blocks(pretrain, tmp_path, monkeypatc
 
 # --- 3. stacking ---------------------------------------------------------------------------------
 
+
 def test_stacking_growth_copies_top_layers(pretrain, tmp_path, monkeypatch):
     grown: list[dict] = []
     inner = loop.grow_by_stacking
@@ -246,9 +294,15 @@ def test_stacking_growth_copies_top_layers(pretrain, tmp_path, monkeypatch):
     def spy(model, new_depth):
         old = len(model.blocks)
         pairs = inner(model, new_depth)
-        grown.append({"old": old, "new": new_depth, "pairs": pairs,
-                      "blocks": [copy.deepcopy(b.state_dict()) for b in model.blocks],
-                      "storage": [[p.data_ptr() for p in b.parameters()] for b in model.blocks]})
+        grown.append(
+            {
+                "old": old,
+                "new": new_depth,
+                "pairs": pairs,
+                "blocks": [copy.deepcopy(b.state_dict()) for b in model.blocks],
+                "storage": [[p.data_ptr() for p in b.parameters()] for b in model.blocks],
+            }
+        )
         return pairs
 
     monkeypatch.setattr(loop, "grow_by_stacking", spy)
@@ -273,11 +327,15 @@ def test_stacking_growth_copies_top_layers(pretrain, tmp_path, monkeypatch):
     assert len({k.split(".")[3] for k in load_file(out / "final" / "model.safetensors") if ".layer." in k}) == L
     evals = [r for r in rows if "eval_loss" in r and "event" not in r]
     assert [(r["step"], r["eval_depth"], r["eval_full_model"]) for r in evals] == [
-        (0, 3, False), (4, 3, False), (8, 6, True)]
+        (0, 3, False),
+        (4, 3, False),
+        (8, 6, True),
+    ]
     assert [e["eval_full_model"] for e in events(rows, "stage_end")] == [False, True]
 
 
 # --- 4. exact resume across a stage boundary -----------------------------------------------------
+
 
 def _full_then_resumed(pretrain, tmp_path: Path, method: str, stages: str, resume_at: int):
     """A full 8-step run checkpointing every 2 steps, and a copy of it cut back to the checkpoint of
@@ -293,7 +351,8 @@ def _full_then_resumed(pretrain, tmp_path: Path, method: str, stages: str, resum
     rows_cut = pretrain(method, cut, *sets, resume=True)
     # every training loss replays bitwise (floats compared exactly)
     assert [(r["step"], r["loss"]) for r in train_rows(rows_cut)] == [
-        (r["step"], r["loss"]) for r in train_rows(rows_full)]
+        (r["step"], r["loss"]) for r in train_rows(rows_full)
+    ]
     return rows_full, rows_cut, full, cut
 
 
@@ -313,6 +372,7 @@ def test_resume_at_the_boundary_checkpoint_logs_each_event_once(pretrain, tmp_pa
 
 # --- 5. data parallel: 2 CPU processes -----------------------------------------------------------
 
+
 def _dp_rank(recipe, out: Path, record: Path) -> None:
     """One rank, built as `raptr pretrain` builds it; saves the paths its plan drew, the blocks that
     really ran at each step, and its final parameters."""
@@ -329,8 +389,10 @@ def _dp_rank(recipe, out: Path, record: Path) -> None:
     trainer.plan.active_layers = lambda step: planned.append(draw(step)) or planned[-1]
     loop.forward_backward = recording(loop.forward_backward, [], ran)  # a forked child's own globals
     trainer.run()
-    torch.save({"world": acc.num_processes, "planned": planned, "ran": ran, "state": trainer.model.state_dict()},
-               record / f"rank{acc.process_index}.pt")
+    torch.save(
+        {"world": acc.num_processes, "planned": planned, "ran": ran, "state": trainer.model.state_dict()},
+        record / f"rank{acc.process_index}.pt",
+    )
 
 
 def _dp_launch(recipe_path: str, out: str, record: str) -> None:
@@ -352,14 +414,19 @@ def test_two_process_data_parallel_matches_one_process(pretrain, tmp_path):
     them, end bitwise identical, and match a 1-process run of the same global batch up to float
     summation order. Dropout is off: its seed is per rank, so with dropout the runs differ by design.
     The 1-process run goes first and fills the tokenizer/blocks cache, so the ranks only read it."""
-    ref_rows = train_rows(pretrain("raptr", tmp_path / "one", RAPTR_STAGES, "model.dropout=0.0",
-                                   "model.attention_dropout=0.0"))
+    ref_rows = train_rows(
+        pretrain("raptr", tmp_path / "one", RAPTR_STAGES, "model.dropout=0.0", "model.attention_dropout=0.0")
+    )
     recipe_path, record = tmp_path / "one" / "recipe.toml", tmp_path / "ranks"
     record.mkdir()
     code = "import sys; sys.path.insert(0, sys.argv[1]); import test_progressive as t; t._dp_launch(*sys.argv[2:])"
-    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(recipe_path),
-                           str(tmp_path / "two"), str(record)], capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(recipe_path), str(tmp_path / "two"), str(record)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     r0, r1 = (torch.load(record / f"rank{i}.pt") for i in (0, 1))
@@ -378,6 +445,7 @@ def test_two_process_data_parallel_matches_one_process(pretrain, tmp_path):
 
 
 # --- 6. stage events and FLOPs in metrics.jsonl --------------------------------------------------
+
 
 def test_stage_events_and_flops_against_baseline(pretrain, tmp_path):
     rows = pretrain("raptr", tmp_path / "raptr", RAPTR_STAGES)
@@ -408,8 +476,15 @@ def test_stage_events_and_flops_against_baseline(pretrain, tmp_path):
     assert skipped == 4 * 2
     assert tr_base[-1]["flops"] - tr[-1]["flops"] == pytest.approx(3 * layer * TOKENS_PER_STEP * skipped, rel=1e-12)
     # and the ratio is the analytic one `raptr flops --json` predicts (it assumes 15% masked tokens)
-    res = CliRunner().invoke(app, ["flops", str(RECIPES / "bert-tiny-raptr.toml"), "--json",
-                                   *[a for s in [*TINY, RAPTR_STAGES] for a in ("--set", s)]])
+    res = CliRunner().invoke(
+        app,
+        [
+            "flops",
+            str(RECIPES / "bert-tiny-raptr.toml"),
+            "--json",
+            *[a for s in [*TINY, RAPTR_STAGES] for a in ("--set", s)],
+        ],
+    )
     assert res.exit_code == 0, res.output
     analytic = json.loads(res.stdout)["ratio"]
     print(f"raptr/baseline flops: measured {tr[-1]['flops'] / tr_base[-1]['flops']:.4f}, analytic {analytic:.4f}")

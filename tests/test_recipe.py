@@ -166,16 +166,19 @@ def test_bad_dropout_is_reported_once_by_its_recipe_key() -> None:
 
 
 def test_every_range_problem_is_reported_at_once() -> None:
-    problems = problems_of({"train": {"seq_len": 4, "micro_batch_size": 3, "log_every": 0},
-                            "optim": {"lr": -1.0, "beta1": 1.0}})
+    problems = problems_of(
+        {"train": {"seq_len": 4, "micro_batch_size": 3, "log_every": 0}, "optim": {"lr": -1.0, "beta1": 1.0}}
+    )
     assert len(problems) == 5
     for key in ("train.seq_len", "train.micro_batch_size", "train.log_every", "optim.lr", "optim.beta1"):
         assert sum(p.startswith(key) for p in problems) == 1, (key, problems)
 
 
 def test_every_key_and_type_problem_is_reported_at_once() -> None:
-    problems = problems_of({"train": {"stepz": 3, "batch_size": "eight"}, "optim": {"decay": "cosin"},
-                            "bogus": {"x": 1}}, ["model.n_layers=abc", "nonsense"])
+    problems = problems_of(
+        {"train": {"stepz": 3, "batch_size": "eight"}, "optim": {"decay": "cosin"}, "bogus": {"x": 1}},
+        ["model.n_layers=abc", "nonsense"],
+    )
     assert len(problems) == 6, problems
     for fragment in ("train.stepz", "train.batch_size", "optim.decay", "bogus", "model.n_layers", "--set 'nonsense'"):
         assert any(fragment in p for p in problems), (fragment, problems)
@@ -271,11 +274,18 @@ def test_relative_data_paths_resolve_against_the_recipe_folder(make_recipe, tmp_
 
 
 def test_resolved_toml_round_trips_to_the_same_recipe(tmp_path: Path) -> None:
-    data = merged(TINY, {"schedule": {"method": "raptr", "fixed_layers": [0],
-                                      "stages": [{"fraction": 0.5, "path_length": 1},
-                                                 {"fraction": 0.5, "path_length": 2}]},
-                         "optim": {"decay": "cosine", "eps": 1e-8}})
-    r = parse_recipe(data, ["run.name=round_trip.v2", 'run.seed=3'])
+    data = merged(
+        TINY,
+        {
+            "schedule": {
+                "method": "raptr",
+                "fixed_layers": [0],
+                "stages": [{"fraction": 0.5, "path_length": 1}, {"fraction": 0.5, "path_length": 2}],
+            },
+            "optim": {"decay": "cosine", "eps": 1e-8},
+        },
+    )
+    r = parse_recipe(data, ["run.name=round_trip.v2", "run.seed=3"])
     text = r.to_toml()
     again = parse_recipe(tomllib.loads(text))
     assert again == r
@@ -292,15 +302,30 @@ def test_shipped_recipes_load(path: Path) -> None:
 # --- the schema documents itself ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [R.RunConfig, R.ModelConfig, R.DataConfig, R.TokenizerConfig, R.ObjectiveConfig,
-                                 R.OptimConfig, R.TrainConfig, R.LogConfig, ScheduleConfig, StageConfig])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        R.RunConfig,
+        R.ModelConfig,
+        R.DataConfig,
+        R.TokenizerConfig,
+        R.ObjectiveConfig,
+        R.OptimConfig,
+        R.TrainConfig,
+        R.LogConfig,
+        ScheduleConfig,
+        StageConfig,
+    ],
+)
 def test_every_recipe_key_has_an_attribute_docstring(cls: type) -> None:
     docs = field_docs(cls)
     assert [f for f in fields_of(cls) if not docs.get(f)] == []
 
 
 def test_core_modules_import_without_typer_or_rich() -> None:
-    code = ("import sys, raptr_cli.recipe, raptr_cli.planning, raptr_cli.train.loop; "
-            "bad = [m for m in ('typer', 'rich') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, raptr_cli.recipe, raptr_cli.planning, raptr_cli.train.loop; "
+        "bad = [m for m in ('typer', 'rich') if m in sys.modules]; assert not bad, bad"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -43,10 +43,22 @@ METHODS = {
 def pretrain_args(method: str, data: Path, out: Path, **extra: object) -> list[str]:
     """`pretrain RECIPE --out OUT --set ...` for the tiny 6-layer setting of one method."""
     kv: dict[str, object] = {
-        "model.n_layers": 6, "model.hidden_size": 32, "model.num_heads": 2, "model.intermediate_size": 64,
-        "train.seq_len": 32, "train.batch_size": 8, "tokenizer.vocab_size": 200, "log.console": "none",
-        "train.log_every": 1, "train.steps": STEPS, "train.checkpoint_every": EVERY, "train.eval_every": 10,
-        "train.eval_batches": 2, "data.train": f'["{data}/train.txt"]', "data.eval": f'["{data}/eval.txt"]'}
+        "model.n_layers": 6,
+        "model.hidden_size": 32,
+        "model.num_heads": 2,
+        "model.intermediate_size": 64,
+        "train.seq_len": 32,
+        "train.batch_size": 8,
+        "tokenizer.vocab_size": 200,
+        "log.console": "none",
+        "train.log_every": 1,
+        "train.steps": STEPS,
+        "train.checkpoint_every": EVERY,
+        "train.eval_every": 10,
+        "train.eval_batches": 2,
+        "data.train": f'["{data}/train.txt"]',
+        "data.eval": f'["{data}/eval.txt"]',
+    }
     recipe, stages = METHODS[method]
     kv.update({"schedule.stages": stages} if stages else {}, **extra)
     sets = [a for k, v in kv.items() for a in ("--set", f"{k}={v}")]
@@ -58,8 +70,11 @@ def losses(rows: list[dict]) -> list[tuple[int, float]]:
 
 
 def events(rows: list[dict], name: str) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("wall_s", "tokens_per_s", "tflops_per_s", "data_share")}
-            for r in rows if r.get("event") == name]
+    return [
+        {k: v for k, v in r.items() if k not in ("wall_s", "tokens_per_s", "tflops_per_s", "data_share")}
+        for r in rows
+        if r.get("event") == name
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +83,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, torch_
     from typer.testing import CliRunner
 
     from raptr_cli.cli.main import app
+
     done: dict[str, Path] = {}
 
     def get(method: str) -> Path:
@@ -86,7 +102,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, torch_
 # Runs raptr with one phase of checkpoint saving stalled (RAPTR_TEST_STALL=phase:step), after writing
 # a marker file, so the test can SIGKILL the process at exactly that point. Only the ordinary library
 # functions the save calls are wrapped; the code under test is untouched.
-STALL_WRAPPER = r'''
+STALL_WRAPPER = r"""
 import io, os, shutil, sys, time
 from pathlib import Path
 import torch
@@ -128,7 +144,7 @@ elif phase == "prune":  # the new checkpoint is in place; deleting an old one ha
 sys.argv[0] = "raptr"
 from raptr_cli.cli.main import main
 main()
-'''
+"""
 
 
 def spawn(args: list[str], tmp: Path, stall: str | None = None) -> subprocess.Popen:
@@ -140,8 +156,9 @@ def spawn(args: list[str], tmp: Path, stall: str | None = None) -> subprocess.Po
         (tmp / "stall.py").write_text(STALL_WRAPPER)
         env.update(RAPTR_TEST_STALL=stall, RAPTR_TEST_MARKER=str(tmp / "stalled"))
         cmd = [sys.executable, str(tmp / "stall.py")]
-    return subprocess.Popen([*cmd, *args], env=env, stdout=open(tmp / "stdout.txt", "w"),
-                            stderr=open(tmp / "stderr.txt", "w"))
+    return subprocess.Popen(
+        [*cmd, *args], env=env, stdout=open(tmp / "stdout.txt", "w"), stderr=open(tmp / "stderr.txt", "w")
+    )
 
 
 def kill9(proc: subprocess.Popen) -> None:
@@ -163,8 +180,10 @@ def assert_same_run(out: Path, ref: Path) -> None:
     got, want = read_rows(out), read_rows(ref)
     assert [s for s, _ in losses(got)] == list(range(1, STEPS + 1))  # each step logged exactly once
     assert losses(got) == losses(want)
-    for keys, pick in ((("stage", "path_length", "depth", "lr", "tokens", "flops"), train_rows),
-                       (("step", "eval_loss"), eval_rows)):
+    for keys, pick in (
+        (("stage", "path_length", "depth", "lr", "tokens", "flops"), train_rows),
+        (("step", "eval_loss"), eval_rows),
+    ):
         assert [[r[k] for k in keys] for r in pick(got)] == [[r[k] for k in keys] for r in pick(want)], keys
     for name in ("transition", "stage_end"):  # stage summaries carry the saved per-stage counters
         assert events(got, name) == events(want, name), name
@@ -176,8 +195,9 @@ def assert_same_run(out: Path, ref: Path) -> None:
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_kill9_at_a_random_step_then_resume_replays_bitwise(method, reference, corpus_dir, cli, tmp_path,
-                                                            monkeypatch) -> None:
+def test_kill9_at_a_random_step_then_resume_replays_bitwise(
+    method, reference, corpus_dir, cli, tmp_path, monkeypatch
+) -> None:
     rng = random.Random(f"kill-{method}")  # fixed per method so a failure reproduces
     # raptr/stacking die before step 20, so the resumed part crosses the stage boundary / the growth
     n_rows = rng.randint(6, 30 if method == "baseline" else 17)
@@ -200,12 +220,17 @@ def test_kill9_at_a_random_step_then_resume_replays_bitwise(method, reference, c
 # --- 2. atomic checkpoints ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("phase", [
-    "write", "rename",
-    "prune",
-])
-def test_a_kill_during_a_save_leaves_only_complete_checkpoints(phase, reference, corpus_dir, cli, tmp_path,
-                                                               monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "phase",
+    [
+        "write",
+        "rename",
+        "prune",
+    ],
+)
+def test_a_kill_during_a_save_leaves_only_complete_checkpoints(
+    phase, reference, corpus_dir, cli, tmp_path, monkeypatch
+) -> None:
     out = tmp_path / "run"
     args = pretrain_args("baseline", corpus_dir, out)
     proc = spawn(args, tmp_path, stall=f"{phase}:15")  # checkpoints 5 and 10 exist by then
@@ -228,8 +253,20 @@ def test_keep_checkpoints_keeps_the_newest_n(reference, corpus_dir, cli, tmp_pat
     assert [d.name for d in ckpt.list_checkpoints(ref)] == ["step-0000035", "step-0000040"]
     for keep, steps, want in ((3, 12, [8, 10, 12]), (0, 6, [2, 4, 6])):  # 0 keeps them all
         out = tmp_path / f"keep{keep}"
-        run_ok(cli, *pretrain_args("baseline", corpus_dir, out, **{
-            "train.steps": steps, "train.checkpoint_every": 2, "train.keep_checkpoints": keep, "model.n_layers": 2}))
+        run_ok(
+            cli,
+            *pretrain_args(
+                "baseline",
+                corpus_dir,
+                out,
+                **{
+                    "train.steps": steps,
+                    "train.checkpoint_every": 2,
+                    "train.keep_checkpoints": keep,
+                    "model.n_layers": 2,
+                },
+            ),
+        )
         assert [d.name for d in ckpt.list_checkpoints(out)] == [f"step-{s:07d}" for s in want]
 
 
@@ -245,13 +282,14 @@ def _killed_copy(ref: Path, dest: Path, keep_through: int) -> Path:
     shutil.copytree(ref, dest)
     shutil.rmtree(dest / "final")
     for d in ckpt.list_checkpoints(dest):
-        if int(d.name[len(ckpt.PREFIX):]) > keep_through:
+        if int(d.name[len(ckpt.PREFIX) :]) > keep_through:
             shutil.rmtree(d)
     return dest
 
 
-def test_a_truncated_newest_checkpoint_is_refused_and_the_previous_one_offered(reference, corpus_dir, cli,
-                                                                               tmp_path) -> None:
+def test_a_truncated_newest_checkpoint_is_refused_and_the_previous_one_offered(
+    reference, corpus_dir, cli, tmp_path
+) -> None:
     out = _killed_copy(ref := reference("baseline"), tmp_path / "run", keep_through=STEPS)
     newest, previous = ckpt.list_checkpoints(out)[-1], ckpt.list_checkpoints(out)[-2]
     weights = newest / "model.safetensors"
@@ -291,8 +329,9 @@ def test_a_torn_metrics_line_does_not_block_the_resume(reference, corpus_dir, cl
 
 
 @pytest.mark.parametrize(("signum", "console"), [(signal.SIGINT, "plain"), (signal.SIGTERM, "none")])
-def test_a_signal_finishes_the_step_saves_and_exits_130(signum, console, reference, corpus_dir, cli, tmp_path,
-                                                        monkeypatch) -> None:
+def test_a_signal_finishes_the_step_saves_and_exits_130(
+    signum, console, reference, corpus_dir, cli, tmp_path, monkeypatch
+) -> None:
     out = tmp_path / "run"
     args = pretrain_args("baseline", corpus_dir, out, **{"log.console": console})
     proc = spawn(args, tmp_path)
@@ -346,8 +385,13 @@ def test_a_signal_on_a_checkpoint_step_saves_it_once(corpus_dir, cli, tmp_path, 
 
 # --- 5. NaN / inf -----------------------------------------------------------------------------------------
 
-SMALL = {"model.n_layers": 2, "train.steps": 12, "train.checkpoint_every": 2, "train.keep_checkpoints": 0,
-         "train.eval_every": 0}
+SMALL = {
+    "model.n_layers": 2,
+    "train.steps": 12,
+    "train.checkpoint_every": 2,
+    "train.keep_checkpoints": 0,
+    "train.eval_every": 0,
+}
 SKIP = {**SMALL, "train.nan_policy": "skip", "train.max_skipped_steps": 2}
 
 
@@ -367,8 +411,14 @@ def poison(monkeypatch, steps: set[int]) -> None:
 def test_nan_stop_exits_1_naming_the_step_and_the_last_good_checkpoint(corpus_dir, cli, tmp_path) -> None:
     out = tmp_path / "run"
     # a real divergence: the first AdamW step at lr 1e30 blows the weights up, step 1 goes non-finite
-    res = cli(*pretrain_args("baseline", corpus_dir, out, **{
-        **SMALL, "train.checkpoint_every": 1, "optim.lr": 1e30, "optim.warmup_steps": 0}))
+    res = cli(
+        *pretrain_args(
+            "baseline",
+            corpus_dir,
+            out,
+            **{**SMALL, "train.checkpoint_every": 1, "optim.lr": 1e30, "optim.warmup_steps": 0},
+        )
+    )
     assert res.exit_code == 1 and "Traceback" not in res.output
     err = "".join(res.stderr.split())  # the console wraps long lines, paths included
     assert re.search(r"non-finiteatstep[12]\D", err) and f"{out}/checkpoints/step-0000001" in err
@@ -382,7 +432,10 @@ def test_nan_skip_skips_the_step_and_goes_on(corpus_dir, cli, tmp_path, monkeypa
     poison(monkeypatch, {3, 7})
     run_ok(cli, *pretrain_args("baseline", corpus_dir, out, **SKIP))
     rows = read_rows(out)
-    assert [r["step"] for r in rows if r.get("event") == "skipped_step"] == [4, 8]  # completed-step numbering, like training rows
+    assert [r["step"] for r in rows if r.get("event") == "skipped_step"] == [
+        4,
+        8,
+    ]  # completed-step numbering, like training rows
     final = ckpt.list_checkpoints(out)[-1]
     assert ckpt.read_state(final)["state"]["skipped_steps"] == 2
     # a skipped step leaves AdamW untouched: 12 steps, 10 updates

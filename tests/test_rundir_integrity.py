@@ -56,8 +56,11 @@ def world(finished: Path, tmp_path: Path) -> Path:
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
     """Every file under root: sha256 and mtime (ns)."""
-    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def interrupted_at_4(w: Path) -> None:
@@ -68,7 +71,7 @@ def interrupted_at_4(w: Path) -> None:
 
 # Runs raptr as a real process that stops at one point of its start-up, after writing its PID to a
 # marker file, so the test can act while it holds the run directory, then SIGKILL it.
-HOLD_WRAPPER = r'''
+HOLD_WRAPPER = r"""
 import os, sys, time
 from pathlib import Path
 from raptr_cli.train import loop
@@ -86,7 +89,7 @@ else:  # "data": with --overwrite the old run is set aside, the new data not pre
 sys.argv[0] = "raptr"
 from raptr_cli.cli.main import main
 main()
-'''
+"""
 
 
 def spawn_holding(args: list[str], tmp: Path, point: str) -> tuple[subprocess.Popen, int]:
@@ -94,8 +97,12 @@ def spawn_holding(args: list[str], tmp: Path, point: str) -> tuple[subprocess.Po
     (tmp / "hold.py").write_text(HOLD_WRAPPER)
     marker = tmp / "held"
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RAPTR_TEST_HOLD=point, RAPTR_TEST_MARKER=str(marker))
-    proc = subprocess.Popen([sys.executable, str(tmp / "hold.py"), *map(str, args)], env=env,
-                            stdout=open(tmp / "stdout.txt", "w"), stderr=open(tmp / "stderr.txt", "w"))
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp / "hold.py"), *map(str, args)],
+        env=env,
+        stdout=open(tmp / "stdout.txt", "w"),
+        stderr=open(tmp / "stderr.txt", "w"),
+    )
     wait_until(proc, tmp / "stderr.txt", marker.exists)
     pid = int(marker.read_text())
     assert pid == proc.pid
@@ -110,8 +117,7 @@ def kill9(proc: subprocess.Popen) -> None:
 # --- 1. one writer per run directory ---------------------------------------------------------------
 
 
-def test_a_run_being_written_refuses_other_writers_and_export_but_not_eval(world: Path, tmp_path: Path,
-                                                                           cli) -> None:
+def test_a_run_being_written_refuses_other_writers_and_export_but_not_eval(world: Path, tmp_path: Path, cli) -> None:
     interrupted_at_4(world)
     run = world / "run"
     proc, pid = spawn_holding(["pretrain", run / "recipe.toml", "--out", run, "--resume"], tmp_path, "train")
@@ -185,8 +191,9 @@ def test_a_run_set_aside_by_a_killed_overwrite_is_restored(world: Path, tmp_path
     res = cli("pretrain", world / "recipe.toml", "--out", run, "--set", "log.console=plain")
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "already holds a run" in text, res.output
-    assert (f"restored the run in {run} that an interrupted --overwrite (process {pid}) had set aside "
-            f"in {hidden}") in text
+    assert (
+        f"restored the run in {run} that an interrupted --overwrite (process {pid}) had set aside in {hidden}"
+    ) in text
     assert snapshot(run) == before  # byte for byte and mtime for mtime; no .lock, no hidden folder left
     assert not hidden.exists()
 
@@ -245,15 +252,28 @@ def test_a_set_aside_run_next_to_another_run_is_named_and_kept(world: Path, cli)
 # --- 6. a malformed trainer_state.json ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "value", "expect"), [
-    ("step", "x", 'step = "x"'), ("step", -5, "step = -5"), ("step", [], "step = []"),
-    ("step", None, "step is missing"), ("step", 2.5, "step = 2.5"), ("step", True, "step = true"),
-    ("depth", 0, "depth = 0"), ("depth", "2", 'depth = "2"'), ("depth", 9, "depth = 9"),
-    ("tokens", -1, "tokens = -1"), ("world_size", "1", 'world_size = "1"'), ("sharded", "no", 'sharded = "no"'),
-    ("data_blocks", [3], "data_blocks = [3]"), ("stage_stats", [], "stage_stats = []"),
-    ("stage_stats", {"0": {"start_step": 0}}, "stage_stats.0"), ("flops", "NaN", "flops = NaN"),
-    ("", [], "holds a list"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "expect"),
+    [
+        ("step", "x", 'step = "x"'),
+        ("step", -5, "step = -5"),
+        ("step", [], "step = []"),
+        ("step", None, "step is missing"),
+        ("step", 2.5, "step = 2.5"),
+        ("step", True, "step = true"),
+        ("depth", 0, "depth = 0"),
+        ("depth", "2", 'depth = "2"'),
+        ("depth", 9, "depth = 9"),
+        ("tokens", -1, "tokens = -1"),
+        ("world_size", "1", 'world_size = "1"'),
+        ("sharded", "no", 'sharded = "no"'),
+        ("data_blocks", [3], "data_blocks = [3]"),
+        ("stage_stats", [], "stage_stats = []"),
+        ("stage_stats", {"0": {"start_step": 0}}, "stage_stats.0"),
+        ("flops", "NaN", "flops = NaN"),
+        ("", [], "holds a list"),
+    ],
+)
 def test_a_malformed_trainer_state_is_refused_before_any_file_changes(key, value, expect, world: Path, cli) -> None:
     interrupted_at_4(world)
     run = world / "run"
@@ -270,8 +290,10 @@ def test_a_malformed_trainer_state_is_refused_before_any_file_changes(key, value
     state_file.write_text(json.dumps(state))
     manifest = state_file.parent / "manifest.json"  # kept consistent: the content itself is what is wrong
     entries = json.loads(manifest.read_text())
-    entries["trainer_state.json"] = {"size": state_file.stat().st_size,
-                                     "sha256": hashlib.sha256(state_file.read_bytes()).hexdigest()}
+    entries["trainer_state.json"] = {
+        "size": state_file.stat().st_size,
+        "sha256": hashlib.sha256(state_file.read_bytes()).hexdigest(),
+    }
     manifest.write_text(json.dumps(entries))
     (run / "checkpoints" / ".tmp-step-0000006-1").mkdir()  # a killed save's leftover: kept on refusal
     before = snapshot(run)
@@ -309,14 +331,18 @@ def _model_and_state():
     from raptr_cli.models.bert.config import BertConfig
     from raptr_cli.models.bert.model import BertForMaskedLM
 
-    model = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,
-                                       intermediate_size=64, max_position_embeddings=16))
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=16
+        )
+    )
     opt = torch.optim.AdamW(model.parameters())
     return model, opt.state_dict()
 
 
-def test_a_full_disk_mid_save_removes_the_temporary_and_names_the_intact_checkpoint(tmp_path: Path,
-                                                                                     monkeypatch) -> None:
+def test_a_full_disk_mid_save_removes_the_temporary_and_names_the_intact_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
     model, opt = _model_and_state()
     monkeypatch.setattr(ckpt.torch, "save", enospc)  # after model.safetensors and config.json
     with pytest.raises(ckpt.DiskFull, match="no previous checkpoint exists"):
@@ -326,8 +352,9 @@ def test_a_full_disk_mid_save_removes_the_temporary_and_names_the_intact_checkpo
     monkeypatch.setattr(ckpt.torch, "save", enospc)
     with pytest.raises(ckpt.DiskFull) as e:
         ckpt.save_checkpoint(tmp_path, 2, model, opt, {}, "bert", keep=0)
-    assert str(e.value).startswith(f"disk full at {tmp_path / 'checkpoints' / 'step-0000002'}, previous "
-                                   f"checkpoint step 1 is intact ({first})")
+    assert str(e.value).startswith(
+        f"disk full at {tmp_path / 'checkpoints' / 'step-0000002'}, previous checkpoint step 1 is intact ({first})"
+    )
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]  # no temporary left
     assert ckpt.read_state(first)["state"]["step"] == 1
 
@@ -349,14 +376,17 @@ def test_the_full_disk_errors_of_the_real_writers_are_recognised(tmp_path: Path,
 def test_a_run_whose_checkpoint_hits_a_full_disk_exits_1_and_resumes_later(world: Path, cli, monkeypatch) -> None:
     out = world / "again"
     real = ckpt.torch.save
-    monkeypatch.setattr(ckpt.torch, "save",
-                        lambda obj, f, *a, **k: enospc() if "step-0000004" in str(f) else real(obj, f, *a, **k))
+    monkeypatch.setattr(
+        ckpt.torch, "save", lambda obj, f, *a, **k: enospc() if "step-0000004" in str(f) else real(obj, f, *a, **k)
+    )
     res = cli("pretrain", world / "recipe.toml", "--out", out)
     text = " ".join(res.output.split())
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output and isinstance(res.exception, SystemExit), repr(res.exception)
-    assert (f"disk full at {out / 'checkpoints' / 'step-0000004'}, previous checkpoint step 2 is intact "
-            f"({out / 'checkpoints' / 'step-0000002'})") in text, text
+    assert (
+        f"disk full at {out / 'checkpoints' / 'step-0000004'}, previous checkpoint step 2 is intact "
+        f"({out / 'checkpoints' / 'step-0000002'})"
+    ) in text, text
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"]
     assert ckpt.read_state(out / "checkpoints" / "step-0000002")["state"]["step"] == 2
     monkeypatch.undo()  # space freed
@@ -367,8 +397,9 @@ def test_a_run_whose_checkpoint_hits_a_full_disk_exits_1_and_resumes_later(world
 def test_a_full_disk_while_writing_final_keeps_the_last_checkpoint(world: Path, cli, monkeypatch) -> None:
     out = world / "again"
     real = ckpt.write_model_dir
-    monkeypatch.setattr(ckpt, "write_model_dir",
-                        lambda path, *a, **k: enospc() if path.name == ".final.tmp" else real(path, *a, **k))
+    monkeypatch.setattr(
+        ckpt, "write_model_dir", lambda path, *a, **k: enospc() if path.name == ".final.tmp" else real(path, *a, **k)
+    )
     res = cli("pretrain", world / "recipe.toml", "--out", out)
     text = " ".join(res.output.split())
     assert res.exit_code == 1, res.output
@@ -384,8 +415,9 @@ def test_a_full_disk_while_logging_exits_1_naming_the_intact_checkpoint(world: P
 
     out = world / "again"
     real = metrics.JsonlSink.log
-    monkeypatch.setattr(metrics.JsonlSink, "log",
-                        lambda self, row: enospc() if row.get("step") == 5 else real(self, row))
+    monkeypatch.setattr(
+        metrics.JsonlSink, "log", lambda self, row: enospc() if row.get("step") == 5 else real(self, row)
+    )
     res = cli("pretrain", world / "recipe.toml", "--out", out)
     text = " ".join(res.output.split())
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), repr(res.exception)

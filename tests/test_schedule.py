@@ -29,7 +29,11 @@ def test_golden_stage_list():
     assert got == [(0, 3), (0, 3), (1, 4), (1, 4), (2, 5), (2, 5), (3, 6), (3, 6)]
     assert [plan.expected_active(t) for t in range(8)] == [3, 3, 4, 4, 5, 5, 6, 6]
     assert [(s.start, s.end, s.keep_prob) for s in plan.stages] == [
-        (0, 2, 0.25), (2, 4, 0.5), (4, 6, 0.75), (6, 8, 1.0)]
+        (0, 2, 0.25),
+        (2, 4, 0.5),
+        (4, 6, 0.75),
+        (6, 8, 1.0),
+    ]
     assert plan.fixed == [0, 5] and plan.warnings == []
     with pytest.raises(ValueError):
         plan.stage_at(8)
@@ -38,16 +42,30 @@ def test_golden_stage_list():
 def test_golden_subset_masks_seed0():
     plan = tiny_plan(seed=0)
     assert [plan.active_layers(t) for t in range(8)] == [
-        [0, 1, 5], [0, 2, 5], [0, 1, 2, 5], [0, 1, 4, 5],
-        [0, 1, 2, 4, 5], [0, 1, 3, 4, 5], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]
+        [0, 1, 5],
+        [0, 2, 5],
+        [0, 1, 2, 5],
+        [0, 1, 4, 5],
+        [0, 1, 2, 4, 5],
+        [0, 1, 3, 4, 5],
+        [0, 1, 2, 3, 4, 5],
+        [0, 1, 2, 3, 4, 5],
+    ]
 
 
 def test_golden_bernoulli_masks_seed0():
     cfg = ScheduleConfig(method="raptr", sampler="bernoulli", stages=[S(steps=8, keep_prob=0.5)])
     plan = build_plan(cfg, 6, 8, 16, seed=0)
     assert [plan.active_layers(t) for t in range(8)] == [
-        [0, 1, 4, 5], [0, 2, 3, 5], [0, 2, 5], [0, 1, 3, 5],
-        [0, 5], [0, 1, 4, 5], [0, 1, 2, 4, 5], [0, 2, 4, 5]]
+        [0, 1, 4, 5],
+        [0, 2, 3, 5],
+        [0, 2, 5],
+        [0, 1, 3, 5],
+        [0, 5],
+        [0, 1, 4, 5],
+        [0, 1, 2, 4, 5],
+        [0, 2, 4, 5],
+    ]
     assert plan.stages[0].path_length == 4.0  # 2 fixed + 0.5 * 4 free
     assert any("never trained" in w for w in plan.warnings)
 
@@ -56,16 +74,27 @@ def test_golden_pld_masks_seed0():
     plan = build_plan(ScheduleConfig(method="pld", pld_gamma=0.5), 6, 8, 16, seed=0)
     assert plan.fixed == []  # pld: no fixed layers unless given
     assert [plan.active_layers(t) for t in range(8)] == [
-        [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3],
-        [0, 2, 3], [0, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
+        [0, 1, 2, 3, 4, 5],
+        [0, 1, 2, 3, 4, 5],
+        [0, 1, 2, 3, 4, 5],
+        [0, 1, 2, 3],
+        [0, 2, 3],
+        [0, 2, 3],
+        [0, 1, 2, 3],
+        [0, 1, 2, 3],
+    ]
 
 
 @pytest.mark.parametrize("sampler", ["subset", "bernoulli"])
 @pytest.mark.parametrize("fixed", [[0, -1], [1, -2, 3]])
 def test_fixed_layers_always_on(sampler, fixed):
     L = 12
-    cfg = ScheduleConfig(method="raptr", sampler=sampler, fixed_layers=fixed,
-                         stages=[S(steps=300, path_length=k) for k in (4, 6, 8)] + [S(steps=100, path_length=12)])
+    cfg = ScheduleConfig(
+        method="raptr",
+        sampler=sampler,
+        fixed_layers=fixed,
+        stages=[S(steps=300, path_length=k) for k in (4, 6, 8)] + [S(steps=100, path_length=12)],
+    )
     plan = build_plan(cfg, L, 1000, 16, seed=3)
     want = sorted(i % L for i in fixed)
     assert plan.fixed == want
@@ -143,8 +172,9 @@ def test_pld_expected_sum_matches_step_loop():
 
 
 def test_stochastic_depth_matches_raptr_6_8_10_12():
-    sd = build_plan(ScheduleConfig(method="stochastic_depth", sd_match_path_lengths=[6, 8, 10, 12]),
-                    12, 4000, 16, seed=0)
+    sd = build_plan(
+        ScheduleConfig(method="stochastic_depth", sd_match_path_lengths=[6, 8, 10, 12]), 12, 4000, 16, seed=0
+    )
     rp = build_plan(raptr(6, 8, 10, 12, steps=1000), 12, 4000, 16, seed=0)
     (stage,) = sd.stages
     assert stage.keep_prob == pytest.approx(0.7)  # (9 - 2) / (12 - 2)
@@ -178,18 +208,19 @@ def test_stacking_and_baseline_plans():
 
 def test_full_warmup_and_mixed_units():
     plan = build_plan(raptr(3, 6, full_warmup_steps=4), 6, 8, 16, seed=0)
-    assert [(s.index, s.start, s.end, s.path_length) for s in plan.stages] == [
-        (0, 0, 4, 6), (1, 4, 6, 3), (2, 6, 8, 6)]
+    assert [(s.index, s.start, s.end, s.path_length) for s in plan.stages] == [(0, 0, 4, 6), (1, 4, 6, 3), (2, 6, 8, 6)]
     assert plan.active_layers(1) == list(range(6))
     cfg = ScheduleConfig(method="raptr", stages=[S(fraction=0.25, path_length=k) for k in (3, 4, 5, 6)])
     plan = build_plan(cfg, 6, 10, 16, seed=0)  # 2.5 steps each: boundaries rounded cumulatively
     assert [r["steps"] for r in describe(plan)] == [2, 3, 3, 2]
-    mixed = ScheduleConfig(method="raptr", stages=[S(steps=3, path_length=4), S(tokens=32, path_length=5),
-                                                   S(fraction=0.5, path_length=6)])
+    mixed = ScheduleConfig(
+        method="raptr", stages=[S(steps=3, path_length=4), S(tokens=32, path_length=5), S(fraction=0.5, path_length=6)]
+    )
     assert describe(build_plan(mixed, 6, 10, 16, 0)) == [
         {"index": 0, "start": 0, "end": 3, "steps": 3, "path_length": 4.0, "keep_prob": 0.5, "expected": False},
         {"index": 1, "start": 3, "end": 5, "steps": 2, "path_length": 5.0, "keep_prob": 0.75, "expected": False},
-        {"index": 2, "start": 5, "end": 10, "steps": 5, "path_length": 6.0, "keep_prob": 1.0, "expected": False}]
+        {"index": 2, "start": 5, "end": 10, "steps": 5, "path_length": 6.0, "keep_prob": 1.0, "expected": False},
+    ]
 
 
 # (config, n_layers, total_steps, expected substring of one error)
@@ -200,46 +231,110 @@ BAD = [
     (raptr(6, 12, steps=4, fixed_layers=[0, 12]), 12, 8, "schedule.fixed_layers: 12 is out of range"),
     (raptr(6, 12, steps=4, fixed_layers=[11, -1]), 12, 8, "schedule.fixed_layers = [11, -1] names layer(s) [11] twice"),
     (raptr(6, 12, steps=3), 12, 8, "schedule.stages add up to 6 steps (stages[0] 3 + stages[1] 3) but train.steps = 8"),
-    (raptr(6, 12, steps=2, full_warmup_steps=2), 12, 8,
-     "schedule.stages add up to 4 steps (stages[0] 2 + stages[1] 2) but train.steps = 8 minus "
-     "schedule.full_warmup_steps = 2, i.e. 6"),
-    (ScheduleConfig(method="raptr", stages=[S(path_length=6), S(steps=8, path_length=12)]), 12, 8,
-     "schedule.stages[0] has no length key"),
-    (ScheduleConfig(method="raptr", stages=[S(steps=4, fraction=0.5, path_length=12)]), 12, 4,
-     "schedule.stages[0] has several length keys (steps, fraction)"),
+    (
+        raptr(6, 12, steps=2, full_warmup_steps=2),
+        12,
+        8,
+        "schedule.stages add up to 4 steps (stages[0] 2 + stages[1] 2) but train.steps = 8 minus "
+        "schedule.full_warmup_steps = 2, i.e. 6",
+    ),
+    (
+        ScheduleConfig(method="raptr", stages=[S(path_length=6), S(steps=8, path_length=12)]),
+        12,
+        8,
+        "schedule.stages[0] has no length key",
+    ),
+    (
+        ScheduleConfig(method="raptr", stages=[S(steps=4, fraction=0.5, path_length=12)]),
+        12,
+        4,
+        "schedule.stages[0] has several length keys (steps, fraction)",
+    ),
     (ScheduleConfig(method="raptr", stages=[S(steps=4)]), 12, 4, "schedule.stages[0] has no size key"),
-    (ScheduleConfig(method="raptr", stages=[S(steps=4, path_length=12, keep_prob=1.0)]), 12, 4,
-     "schedule.stages[0] has several size keys (path_length, keep_prob)"),
-    (ScheduleConfig(method="raptr", stages=[S(steps=4, keep_prob=0.0)]), 12, 4,
-     "schedule.stages[0].keep_prob = 0.0 must be in (0, 1]"),
-    (ScheduleConfig(method="raptr", stages=[S(steps=4, keep_prob=1.5)]), 12, 4,
-     "schedule.stages[0].keep_prob = 1.5 must be in (0, 1]"),
-    (ScheduleConfig(method="raptr", stages=[S(steps=4, keep_prob=0.33)]), 12, 4,
-     "schedule.stages[0].keep_prob = 0.33 gives 3.3 of 10 free layers"),
-    (ScheduleConfig(method="raptr", stages=[S(steps=4, depth=12)]), 12, 4,
-     "schedule.stages[0].depth is not for method 'raptr'"),
+    (
+        ScheduleConfig(method="raptr", stages=[S(steps=4, path_length=12, keep_prob=1.0)]),
+        12,
+        4,
+        "schedule.stages[0] has several size keys (path_length, keep_prob)",
+    ),
+    (
+        ScheduleConfig(method="raptr", stages=[S(steps=4, keep_prob=0.0)]),
+        12,
+        4,
+        "schedule.stages[0].keep_prob = 0.0 must be in (0, 1]",
+    ),
+    (
+        ScheduleConfig(method="raptr", stages=[S(steps=4, keep_prob=1.5)]),
+        12,
+        4,
+        "schedule.stages[0].keep_prob = 1.5 must be in (0, 1]",
+    ),
+    (
+        ScheduleConfig(method="raptr", stages=[S(steps=4, keep_prob=0.33)]),
+        12,
+        4,
+        "schedule.stages[0].keep_prob = 0.33 gives 3.3 of 10 free layers",
+    ),
+    (
+        ScheduleConfig(method="raptr", stages=[S(steps=4, depth=12)]),
+        12,
+        4,
+        "schedule.stages[0].depth is not for method 'raptr'",
+    ),
     (ScheduleConfig(method="raptr"), 12, 4, "schedule.stages is empty"),
-    (ScheduleConfig(method="raptr", stages=[S(fraction=1.5, path_length=12)]), 12, 4,
-     "schedule.stages[0].fraction = 1.5 must be in (0, 1]"),
-    (ScheduleConfig(method="raptr", stages=[S(tokens=8, path_length=12)]), 12, 4,
-     "schedule.stages[0].tokens = 8 gives 0.5 steps"),
-    (ScheduleConfig(method="stacking", stages=[S(steps=2, depth=d) for d in (6, 6, 12)]), 12, 6,
-     "schedule.stages[1].depth = 6 does not increase on the previous stage's 6"),
-    (ScheduleConfig(method="stacking", stages=[S(steps=2, depth=d) for d in (3, 7, 12)]), 12, 6,
-     "schedule.stages[1].depth = 7 more than doubles the previous 3"),
-    (ScheduleConfig(method="stacking", stages=[S(steps=2, depth=d) for d in (6, 9)]), 12, 4,
-     "schedule.stages[1].depth = 9 must equal model.n_layers = 12"),
-    (ScheduleConfig(method="stacking", stages=[S(steps=4, path_length=12)]), 12, 4,
-     "schedule.stages[0].path_length is not for method 'stacking'"),
-    (ScheduleConfig(method="stacking", full_warmup_steps=2, stages=[S(steps=2, depth=12)]), 12, 4,
-     "schedule.full_warmup_steps must be 0 for stacking"),
+    (
+        ScheduleConfig(method="raptr", stages=[S(fraction=1.5, path_length=12)]),
+        12,
+        4,
+        "schedule.stages[0].fraction = 1.5 must be in (0, 1]",
+    ),
+    (
+        ScheduleConfig(method="raptr", stages=[S(tokens=8, path_length=12)]),
+        12,
+        4,
+        "schedule.stages[0].tokens = 8 gives 0.5 steps",
+    ),
+    (
+        ScheduleConfig(method="stacking", stages=[S(steps=2, depth=d) for d in (6, 6, 12)]),
+        12,
+        6,
+        "schedule.stages[1].depth = 6 does not increase on the previous stage's 6",
+    ),
+    (
+        ScheduleConfig(method="stacking", stages=[S(steps=2, depth=d) for d in (3, 7, 12)]),
+        12,
+        6,
+        "schedule.stages[1].depth = 7 more than doubles the previous 3",
+    ),
+    (
+        ScheduleConfig(method="stacking", stages=[S(steps=2, depth=d) for d in (6, 9)]),
+        12,
+        4,
+        "schedule.stages[1].depth = 9 must equal model.n_layers = 12",
+    ),
+    (
+        ScheduleConfig(method="stacking", stages=[S(steps=4, path_length=12)]),
+        12,
+        4,
+        "schedule.stages[0].path_length is not for method 'stacking'",
+    ),
+    (
+        ScheduleConfig(method="stacking", full_warmup_steps=2, stages=[S(steps=2, depth=12)]),
+        12,
+        4,
+        "schedule.full_warmup_steps must be 0 for stacking",
+    ),
     (ScheduleConfig(stages=[S(steps=4, path_length=12)]), 12, 4, "schedule.stages: method 'baseline' takes no stages"),
     (ScheduleConfig(method="pld", stages=[S(steps=4, path_length=12)]), 12, 4, "method 'pld' takes no stages"),
     (ScheduleConfig(method="pld", pld_theta_bar=0.0), 12, 4, "schedule.pld_theta_bar = 0.0 must be in (0, 1]"),
     (ScheduleConfig(method="stochastic_depth"), 12, 4, "schedule.sd_keep_prob and schedule.sd_match_path_lengths"),
     (ScheduleConfig(method="stochastic_depth", sd_keep_prob=1.2), 12, 4, "schedule.sd_keep_prob = 1.2 must be in"),
-    (ScheduleConfig(method="stochastic_depth", sd_match_path_lengths=[6, 13]), 12, 4,
-     "schedule.sd_match_path_lengths[1] = 13 must lie between"),
+    (
+        ScheduleConfig(method="stochastic_depth", sd_match_path_lengths=[6, 13]),
+        12,
+        4,
+        "schedule.sd_match_path_lengths[1] = 13 must lie between",
+    ),
     (ScheduleConfig(scale="inverse"), 12, 4, "schedule.scale = 'inverse' is not one of none, inverse_p"),
     (ScheduleConfig(sampler="uniform"), 12, 4, "schedule.sampler = 'uniform' is not one of"),
     (ScheduleConfig(skipped_grad="drop"), 12, 4, "schedule.skipped_grad = 'drop' is not one of"),

@@ -42,12 +42,14 @@ def test_a_registered_method_validates_and_plans(drop_one):
     plan = build_plan(cfg, 4, 8, 16, seed=0)
     assert plan.fixed == [0]
     assert [plan.active_layers(t) for t in range(4)] == [[0, 2, 3], [0, 1, 3], [0, 1, 2], [0, 2, 3]]
-    assert describe(plan) == [{"index": 0, "start": 0, "end": 8, "steps": 8, "path_length": 3.0,
-                               "keep_prob": 2 / 3, "expected": False}]
+    assert describe(plan) == [
+        {"index": 0, "start": 0, "end": 8, "steps": 8, "path_length": 3.0, "keep_prob": 2 / 3, "expected": False}
+    ]
     assert plan.expected_layer_steps(plan.stages[0]) == 24
     # the keys every method shares are checked for it too, and it joins the list of valid methods
     assert ScheduleConfig(method="drop_one", sampler="x").problems(4, 8, 16)[0] == [
-        "schedule.sampler = 'x' is not one of subset, bernoulli"]
+        "schedule.sampler = 'x' is not one of subset, bernoulli"
+    ]
     assert "stochastic_depth, drop_one" in ScheduleConfig(method="nope").problems(4, 8, 16)[0][0]
 
 
@@ -70,8 +72,12 @@ def test_a_registered_method_costs_and_trains(drop_one, cli, make_recipe, tmp_pa
 # --- flops --budget: the planned stages are build_plan's -----------------------------------------
 
 # a warm-up fraction that rounds to 0 steps at the recipe's 40 but to 1 step at the budget's 100
-WARMUP_ROUNDS_UP = ScheduleConfig(method="raptr", fixed_layers=[0, -1], full_warmup_fraction=0.01,
-                                  stages=[StageConfig(steps=20, path_length=2), StageConfig(fraction=0.5, path_length=4)])
+WARMUP_ROUNDS_UP = ScheduleConfig(
+    method="raptr",
+    fixed_layers=[0, -1],
+    full_warmup_fraction=0.01,
+    stages=[StageConfig(steps=20, path_length=2), StageConfig(fraction=0.5, path_length=4)],
+)
 
 
 def _apply(cfg: ScheduleConfig, keys: dict) -> ScheduleConfig:
@@ -91,14 +97,18 @@ def test_rescaled_stages_are_build_plans_stages_when_the_warmup_share_rounds_up(
     assert [(s.start, s.end) for s in plan.stages] == [(0, 1), (1, 51), (51, 100)]
 
 
-@pytest.mark.parametrize("warmup", [{"full_warmup_fraction": 0.01}, {"full_warmup_fraction": 0.1},
-                                    {"full_warmup_steps": 3}, {}])
+@pytest.mark.parametrize(
+    "warmup", [{"full_warmup_fraction": 0.01}, {"full_warmup_fraction": 0.1}, {"full_warmup_steps": 3}, {}]
+)
 @pytest.mark.parametrize("total, new", [(40, 100), (40, 7), (37, 1000), (100, 399)])
 def test_rescaled_stages_tile_what_the_loader_computes(warmup: dict, total: int, new: int):
     cfg = ScheduleConfig(method="raptr", **warmup)
     quarter, w = total // 4, cfg.full_warmup_for(total)
-    cfg.stages = [StageConfig(steps=quarter, path_length=2), StageConfig(tokens=256 * quarter, path_length=3),
-                  StageConfig(steps=total - w - 2 * quarter, path_length=4)]
+    cfg.stages = [
+        StageConfig(steps=quarter, path_length=2),
+        StageConfig(tokens=256 * quarter, path_length=3),
+        StageConfig(steps=total - w - 2 * quarter, path_length=4),
+    ]
     solved = _apply(cfg, rescaled_schedule(cfg, total, 256, new))
     plan = build_plan(solved, 4, new, 256, 0)
     new_w = solved.full_warmup_for(new)
@@ -110,10 +120,23 @@ def test_flops_budget_plans_the_stages_its_set_line_loads(cli, tmp_path):
     from raptr_cli.recipe import load_recipe
 
     recipe = tmp_path / "r.toml"
-    recipe.write_text(to_toml(merged(TINY, {
-        "model": {"n_layers": 4}, "train": {"steps": 40},
-        "schedule": {"method": "raptr", "fixed_layers": [0, -1], "full_warmup_fraction": 0.01,
-                     "stages": [{"steps": 20, "path_length": 2}, {"fraction": 0.5, "path_length": 4}]}})))
+    recipe.write_text(
+        to_toml(
+            merged(
+                TINY,
+                {
+                    "model": {"n_layers": 4},
+                    "train": {"steps": 40},
+                    "schedule": {
+                        "method": "raptr",
+                        "fixed_layers": [0, -1],
+                        "full_warmup_fraction": 0.01,
+                        "stages": [{"steps": 20, "path_length": 2}, {"fraction": 0.5, "path_length": 4}],
+                    },
+                },
+            )
+        )
+    )
     full = describe_run(load_recipe(recipe))["total_flops"]
     b = json.loads(run_ok(cli, "flops", recipe, "--budget", repr(2.5 * full), "--json").stdout)["budget"]
     assert b["steps"] == 100

@@ -68,7 +68,9 @@ def test_streamed_documents_equal_loaded_ones(docs_dir):
 @pytest.mark.parametrize("layout", ["bert", "examples"])
 def test_store_blocks_equal_the_in_memory_packing(docs_dir, tok, tmp_path, layout):
     store = _build(docs_dir, tok, tmp_path, layout)
-    old = pack_documents(load_documents(resolve_data_files([str(docs_dir)], Path("."), "x")), tok, 16, None, layout=layout)
+    old = pack_documents(
+        load_documents(resolve_data_files([str(docs_dir)], Path("."), "x")), tok, 16, None, layout=layout
+    )
     assert len(store.manifest["shards"]) > 3 and store.n == len(old)
     assert torch.equal(store.view()[:], old)
     idx = torch.tensor([7, 0, 7, len(old) - 1, 3])  # any order, repeats: as tensor indexing
@@ -182,10 +184,13 @@ def test_data_prepare_builds_what_pretrain_then_maps(cli, make_recipe, tmp_path)
     assert set(cache.parent.glob("store-*")) == before  # nothing rebuilt
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--num-proc", "0"], ["--num-proc", "at least 1"]),
-    (["--num-proc", "-3"], ["--num-proc", "at least 1"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--num-proc", "0"], ["--num-proc", "at least 1"]),
+        (["--num-proc", "-3"], ["--num-proc", "at least 1"]),
+    ],
+)
 def test_prepare_bad_input_exits_2(cli, make_recipe, args, words):
     res = cli("data", "prepare", make_recipe(), *args)
     assert res.exit_code == 2 and all(w in res.output for w in words) and "Traceback" not in res.output

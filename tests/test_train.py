@@ -25,8 +25,10 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 TRAIN_KEYS = {"step", "stage", "path_length", "loss", "lr", "tokens", "flops", "elapsed_s", "tokens_per_s"}
 TOKENS_PER_STEP = 8 * 32  # TINY: batch_size x seq_len
-RAPTR_4 = {"model": {"n_layers": 4},
-           "schedule": {"method": "raptr", "stages": [{"steps": 6, "path_length": 3}, {"steps": 2, "path_length": 4}]}}
+RAPTR_4 = {
+    "model": {"n_layers": 4},
+    "schedule": {"method": "raptr", "stages": [{"steps": 6, "path_length": 3}, {"steps": 2, "path_length": 4}]},
+}
 
 
 def losses(rows: list[dict]) -> list[tuple[int, float]]:
@@ -35,15 +37,16 @@ def losses(rows: list[dict]) -> list[tuple[int, float]]:
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under root: contents and mtime (ns), to prove a refused command touched nothing."""
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 # --- one shared 40-step baseline run (read-only for the tests that use it) -----------------------
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path,
-             torch_one_thread: None) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, torch_one_thread: None) -> Path:
     d = tmp_path_factory.mktemp("tiny-run")
     shutil.copytree(corpus_dir, d / "data")
     recipe = d / "recipe.toml"
@@ -94,8 +97,12 @@ def test_run_directory_layout(tiny_run: Path) -> None:
     assert not [n for n in names if n.startswith(".")]  # no temporary directory left behind
     assert [p.name for p in ckpt.list_checkpoints(tiny_run)] == ["step-0000020", "step-0000040"]
     for c in ckpt.list_checkpoints(tiny_run):
-        assert {p.name for p in c.iterdir()} >= {"model.safetensors", "config.json", "optimizer.pt",
-                                                 "trainer_state.json"}
+        assert {p.name for p in c.iterdir()} >= {
+            "model.safetensors",
+            "config.json",
+            "optimizer.pt",
+            "trainer_state.json",
+        }
     final = tiny_run / "final"
     assert {p.name for p in final.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
     assert (final / "tokenizer.json").read_bytes() == (tiny_run / "tokenizer.json").read_bytes()
@@ -120,8 +127,11 @@ def test_final_model_reloads_from_its_own_files(tiny_run: Path) -> None:
 
 def _model_and_optimizer(seed: int) -> tuple[BertForMaskedLM, torch.optim.Optimizer]:
     torch.manual_seed(seed)
-    model = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,
-                                       intermediate_size=64, max_position_embeddings=16))
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=16
+        )
+    )
     opt = build_optimizer(model, OptimConfig())
     ids = torch.randint(5, 64, (2, 16))
     model(ids, labels=ids).loss.backward()
@@ -181,8 +191,11 @@ def test_incomplete_or_mismatched_checkpoints_are_user_errors(tmp_path: Path) ->
     (path / "trainer_state.json").write_text("{trunc")
     with pytest.raises(UserError, match="incomplete or corrupted"):
         ckpt.read_state(path)
-    wider = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=64, num_layers=2, num_heads=2,
-                                       intermediate_size=64, max_position_embeddings=16))
+    wider = BertForMaskedLM(
+        BertConfig(
+            vocab_size=64, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=16
+        )
+    )
     with pytest.raises(UserError, match="cannot load weights"):
         ckpt.load_weights(path, wider)
 
@@ -207,8 +220,9 @@ def test_resume_replays_the_run_bitwise(cli, make_recipe, tmp_path: Path) -> Non
     after = read_rows(out)
     assert [s for s, _ in losses(after)] == list(range(1, 9))  # no step logged twice
     assert losses(after) == losses(before)  # bitwise: same data, masks, paths, dropout, AdamW state
-    assert [(r["step"], r["eval_loss"]) for r in eval_rows(after)] == \
-        [(r["step"], r["eval_loss"]) for r in eval_rows(before)]
+    assert [(r["step"], r["eval_loss"]) for r in eval_rows(after)] == [
+        (r["step"], r["eval_loss"]) for r in eval_rows(before)
+    ]
     final_after = load_file(str(out / "final" / "model.safetensors"))
     assert final_after.keys() == final_before.keys()
     assert all(torch.equal(final_after[k], final_before[k]) for k in final_before)

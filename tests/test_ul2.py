@@ -36,8 +36,9 @@ def _one_thread():
 
 
 def tiny(**kw) -> DecoderConfig:
-    base = dict(vocab_size=97, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
-                max_position_embeddings=64)
+    base = dict(
+        vocab_size=97, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64, max_position_embeddings=64
+    )
     return DecoderConfig(**{**base, **kw})
 
 
@@ -55,8 +56,7 @@ def test_presets_golden_parameter_counts_on_meta() -> None:
     assert set(UL2_PRESETS) >= {"tiny", "small", "1b6"}
     t = DecoderConfig.from_preset("tiny", vocab_size=1000)
     assert (t.num_layers, t.hidden_size, t.num_heads, t.intermediate_size) == (2, 128, 4, 352)
-    tied = DecoderForPrefixLM(DecoderConfig.from_preset("tiny", vocab_size=1000,
-                                                         tie_embeddings=True))
+    tied = DecoderForPrefixLM(DecoderConfig.from_preset("tiny", vocab_size=1000, tie_embeddings=True))
     untied = DecoderForPrefixLM(t)
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert n(untied) - n(tied) == 1000 * 128
@@ -65,10 +65,15 @@ def test_presets_golden_parameter_counts_on_meta() -> None:
 
 def test_parameter_names_follow_llama() -> None:
     names = set(model().state_dict())
-    for want in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-                 "model.layers.3.self_attn.o_proj.weight", "model.layers.0.mlp.gate_proj.weight",
-                 "model.layers.0.input_layernorm.weight",
-                 "model.layers.0.post_attention_layernorm.weight"):
+    for want in (
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.layers.3.self_attn.o_proj.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+    ):
         assert want in names
     assert not any(n.endswith(".bias") for n in names)
 
@@ -126,8 +131,9 @@ def test_no_attention_leak_from_targets_and_inputs_are_bidirectional() -> None:
         assert (out[0, 1] - base[0, 1]).abs().amax() > 1e-4
         assert (out[0, 9] - base[0, 9]).abs().amax() > 1e-4
         # prefix_len 0 everywhere is the plain causal LM
-        torch.testing.assert_close(m(ids, prefix_len=torch.zeros(2, dtype=torch.long)).logits,
-                                   m(ids).logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            m(ids, prefix_len=torch.zeros(2, dtype=torch.long)).logits, m(ids).logits, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_skipped_layers_never_execute_and_get_no_grad() -> None:
@@ -240,7 +246,7 @@ def test_corrupt_layout_and_round_trip() -> None:
                 continue
             in_s = [t for t in inp if t in SENTINELS]
             tg_s = [t for t in tgt if t in SENTINELS]
-            assert in_s == tg_s == SENTINELS[:len(in_s)]  # numbered 0, 1, ... in order
+            assert in_s == tg_s == SENTINELS[: len(in_s)]  # numbered 0, 1, ... in order
             assert tgt[0] == SENTINELS[0] and tgt[-1] not in SENTINELS  # no empty span
             assert restore(inp, tgt, SENTINELS) == text
     assert corrupt([5], default_denoisers()[0], rng, SENTINELS, paradigm_id=7) == ([7, 5], [])
@@ -254,8 +260,9 @@ def test_prefix_denoiser_target_fraction() -> None:
 
 
 def test_ul2_config_validation_and_dicts() -> None:
-    cfg = UL2Config(denoisers=[{"name": "R", "kind": "span", "mean_span": 3, "rate": 0.15,
-                                "paradigm": "[NLU]", "weight": 2}])
+    cfg = UL2Config(
+        denoisers=[{"name": "R", "kind": "span", "mean_span": 3, "rate": 0.15, "paradigm": "[NLU]", "weight": 2}]
+    )
     assert isinstance(cfg.denoisers[0], DenoiserConfig)
     assert len(UL2Config().denoisers) == 7 and np.allclose(UL2Config().probabilities(), 1 / 7)
     with pytest.raises(UserError) as e:
@@ -263,8 +270,7 @@ def test_ul2_config_validation_and_dicts() -> None:
     assert len(e.value.problems) == 4 and "denoisers[0].kind" in e.value.problems[0]
 
 
-SPECIALS = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "[NLU]": 4, "[NLG]": 5, "[S2S]": 6,
-            "sentinels": SENTINELS}
+SPECIALS = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "[NLU]": 4, "[NLG]": 5, "[S2S]": 6, "sentinels": SENTINELS}
 
 
 def test_make_batch_layout_truncation_and_purity() -> None:
@@ -289,13 +295,13 @@ def test_make_batch_layout_truncation_and_purity() -> None:
         if len(ex) < 2:  # nothing to predict
             assert (lab[b] == -100).all() and n == p == 1 + len(ex)
             continue
-        assert (lab[b, :p - 1] == -100).all() and (lab[b, n:] == -100).all()
-        assert torch.equal(lab[b, p - 1:n - 1], ids[b, p:n])  # shifted by one
+        assert (lab[b, : p - 1] == -100).all() and (lab[b, n:] == -100).all()
+        assert torch.equal(lab[b, p - 1 : n - 1], ids[b, p:n])  # shifted by one
         assert lab[b, n - 1] == SPECIALS["eos"]
         seq = ids[b, :n].tolist()
         window = seq[1:] if d.kind == "prefix" else restore(seq[:p], seq[p:], SENTINELS)
         assert len(window) == min(len(ex), len(window)) and len(window) >= min(len(ex), 40)
-        assert any(ex[s:s + len(window)] == window for s in range(len(ex) - len(window) + 1))
+        assert any(ex[s : s + len(window)] == window for s in range(len(ex) - len(window) + 1))
     # The mixture is sampled with equal weights.
     counts = torch.bincount(make_batch([[5] * 10] * 7000, 16, 0, 0, cfg, SPECIALS)["denoiser"])
     assert counts.min() > 850 and counts.max() < 1150
@@ -309,18 +315,24 @@ def _corpus(n: int, seed: int = 0) -> list[str]:
     subj = ["the cat", "a dog", "my friend", "the old king", "Zoë", "the robot"]
     verb = ["sees", "likes", "follows", "paints", "builds", "forgets"]
     obj = ["the moon", "a red ball", "seven apples", "the river", "a song", "the café"]
-    return [" ".join(f"{rng.choice(subj)} {rng.choice(verb)} {rng.choice(obj)}."
-                     for _ in range(int(rng.integers(20, 60)))) for _ in range(n)]
+    return [
+        " ".join(f"{rng.choice(subj)} {rng.choice(verb)} {rng.choice(obj)}." for _ in range(int(rng.integers(20, 60))))
+        for _ in range(n)
+    ]
 
 
 def test_byte_level_bpe_round_trip_and_specials() -> None:
     tok = train_bpe(_corpus(50), vocab_size=600, n_sentinels=8)
     ids = ul2_special_ids(tok)
-    assert [ids[k] for k in ("pad", "bos", "eos", "unk", "[NLU]", "[NLG]", "[S2S]")] == list(
-        range(7))
+    assert [ids[k] for k in ("pad", "bos", "eos", "unk", "[NLU]", "[NLG]", "[S2S]")] == list(range(7))
     assert ids["sentinels"] == list(range(7, 15))
-    for text in ["the cat sees the moon.", "  leading and trailing  ", "tabs\tand\nnew lines\r\n",
-                 "unseen: 日本語, emoji 🦜, accents déjà vu, symbols ∑≠∞", ""]:
+    for text in [
+        "the cat sees the moon.",
+        "  leading and trailing  ",
+        "tabs\tand\nnew lines\r\n",
+        "unseen: 日本語, emoji 🦜, accents déjà vu, symbols ∑≠∞",
+        "",
+    ]:
         assert tok.decode(tok.encode(text).ids) == text
     with pytest.raises(UserError, match="too small"):
         train_bpe(["abc"], vocab_size=300)
@@ -337,16 +349,14 @@ def test_tiny_preset_learns_through_make_batch(raptr: bool) -> None:
     tok = train_bpe(docs, vocab_size=400, n_sentinels=32)
     specials = ul2_special_ids(tok)
     examples = [e.ids for e in tok.encode_batch(docs)]
-    cfg = DecoderConfig.from_preset("tiny", vocab_size=tok.get_vocab_size(),
-                                    num_layers=4 if raptr else 2)
+    cfg = DecoderConfig.from_preset("tiny", vocab_size=tok.get_vocab_size(), num_layers=4 if raptr else 2)
     torch.manual_seed(0)
     m = DecoderForPrefixLM(cfg).train()
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.01)
     ul2, losses = UL2Config(), []
     for step in range(30):
         rows = np.random.default_rng([0, step]).choice(len(examples), 8, replace=False)
-        batch = make_batch([examples[i] for i in rows], 96, seed=0, step=step, cfg=ul2,
-                           specials=specials)
+        batch = make_batch([examples[i] for i in rows], 96, seed=0, step=step, cfg=ul2, specials=specials)
         layers = None
         if raptr:  # fixed {0, 3} plus one random middle block, a pure function of (seed, step)
             layers = [0, 3, int(np.random.default_rng([1, step]).integers(1, 3))]

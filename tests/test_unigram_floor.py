@@ -17,12 +17,26 @@ from conftest import eval_rows, read_rows, run_ok
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-RAPTR_3 = {"model": {"n_layers": 3},
-           "schedule": {"method": "raptr", "stages": [{"fraction": 0.5, "path_length": 2},
-                                                      {"fraction": 0.5, "path_length": 3}]}}
-UL2 = {"model": {"arch": "ul2", "n_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
-                 "dropout": 0.0, "attention_dropout": 0.0},
-       "tokenizer": {"vocab_size": 600}, "train": {"steps": 4, "seq_len": 64, "eval_every": 4}}
+RAPTR_3 = {
+    "model": {"n_layers": 3},
+    "schedule": {
+        "method": "raptr",
+        "stages": [{"fraction": 0.5, "path_length": 2}, {"fraction": 0.5, "path_length": 3}],
+    },
+}
+UL2 = {
+    "model": {
+        "arch": "ul2",
+        "n_layers": 2,
+        "hidden_size": 32,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+    },
+    "tokenizer": {"vocab_size": 600},
+    "train": {"steps": 4, "seq_len": 64, "eval_every": 4},
+}
 
 
 def _specials(tok, arch: str) -> set[int]:
@@ -53,12 +67,16 @@ def hand_floor(run, eval_files: list[str] | None = None) -> tuple[float, int]:
     Z = N + 0.5 * (V - len(specials))
     evals = rd.eval
     if eval_files:
-        evals = prepare_data(load_recipe(run / "recipe.toml", [f"data.eval={json.dumps(eval_files)}"]), None,
-                             run / "tokenizer.json", eval_only=True).eval
+        evals = prepare_data(
+            load_recipe(run / "recipe.toml", [f"data.eval={json.dumps(eval_files)}"]),
+            None,
+            run / "tokenizer.json",
+            eval_only=True,
+        ).eval
     obj = objective_for(recipe, rd.specials, V)
     B, total, n = recipe.train.batch_size, 0.0, 0
     for b in range(min(recipe.train.eval_batches, max(1, len(evals) // B))):
-        batch, _ = obj.batch(evals[b * B:(b + 1) * B], recipe.run.seed ^ 0x5EED, b)
+        batch, _ = obj.batch(evals[b * B : (b + 1) * B], recipe.run.seed ^ 0x5EED, b)
         for y in batch["labels"].reshape(-1).tolist():
             if y != -100 and y not in specials:
                 total -= math.log((counts[y] + 0.5) / Z)
@@ -95,7 +113,9 @@ def test_the_floor_equals_a_direct_unigram_computation_in_every_row(bert_run):
     stage_ends = [r for r in rows if r.get("event") == "stage_end"]
     assert len(stage_ends) == 2
     for r in stage_ends:
-        assert r["unigram_loss"] == pytest.approx(floor) and r["loss_below_unigram"] == pytest.approx(floor - r["eval_loss"])
+        assert r["unigram_loss"] == pytest.approx(floor) and r["loss_below_unigram"] == pytest.approx(
+            floor - r["eval_loss"]
+        )
     end = next(r for r in rows if r.get("event") == "run_end")
     assert end["unigram_loss"] == pytest.approx(floor)
     assert end["loss_below_unigram"] == pytest.approx(floor - end["eval_loss"])
@@ -110,8 +130,10 @@ def test_eval_json_reports_the_floor_and_eval_data_counts_the_runs_train_split(b
     assert res["loss_below_unigram"] == pytest.approx(floor - res["eval_loss"], abs=1e-9)
     text = run_ok(cli, "eval", bert_run).stdout
     below = res["loss_below_unigram"]
-    assert f"floor (train-split unigram) {floor:.4f} at the same {n} positions: {abs(below):.4f} nats " \
-           f"{'below' if below >= 0 else 'above'} it" in text
+    assert (
+        f"floor (train-split unigram) {floor:.4f} at the same {n} positions: {abs(below):.4f} nats "
+        f"{'below' if below >= 0 else 'above'} it" in text
+    )
 
     # --data: the floor at those files' positions, the counts still from the run's train split; the
     # counts come from OUT/unigram.json, so this works with the train file gone
@@ -172,12 +194,17 @@ def test_compare_reports_the_floor_in_json_markdown_table_and_plot(bert_run, cli
 
     lines = []
     real = matplotlib.axes.Axes.axhline
-    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
-                        lambda self, y=0, *a, **k: lines.append((y, k.get("ls"))) or real(self, y, *a, **k))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "axhline",
+        lambda self, y=0, *a, **k: lines.append((y, k.get("ls"))) or real(self, y, *a, **k),
+    )
     other = tmp_path / "seed1"  # a second "seed" of the run: the same files, seed 1
     shutil.copytree(bert_run, other)
     (other / "recipe.toml").write_text((other / "recipe.toml").read_text().replace("seed = 0", "seed = 1", 1))
-    doc = json.loads(run_ok(cli, "compare", "--runs", bert_run, "--runs", other, "--out", tmp_path / "cmp", "--json").stdout)
+    doc = json.loads(
+        run_ok(cli, "compare", "--runs", bert_run, "--runs", other, "--out", tmp_path / "cmp", "--json").stdout
+    )
     floor = hand_floor(bert_run)[0]
     final = eval_rows(read_rows(bert_run))[-1]
     for r in doc["runs"]:
@@ -198,8 +225,16 @@ def test_console_prints_the_floor_and_warns_when_the_final_model_is_not_clearly_
     c = Console("plain")
     c.log({"step": 4, "eval_loss": 6.5, "eval_accuracy": 0.1, "unigram_loss": 6.6, "loss_below_unigram": 0.1})
     assert "floor 6.6000 (0.1000 below)" in capsys.readouterr().out
-    end = {"event": "run_end", "step": 8, "tokens": 100, "flops": 1e9, "elapsed_s": 1.0, "eval_loss": 6.7,
-           "unigram_loss": 6.6, "loss_below_unigram": -0.1}
+    end = {
+        "event": "run_end",
+        "step": 8,
+        "tokens": 100,
+        "flops": 1e9,
+        "elapsed_s": 1.0,
+        "eval_loss": 6.7,
+        "unigram_loss": 6.6,
+        "loss_below_unigram": -0.1,
+    }
     c.log(end)
     cap = capsys.readouterr()
     assert "final eval loss 6.7000  floor 6.6000 (0.1000 above)" in cap.out
@@ -228,6 +263,7 @@ def test_ranks_split_the_floor_like_the_loss(bert_run):
     whole = evaluate(*args, unigram=logp)
     parts = [evaluate(*args, rank, 2, unigram=logp) for rank in (0, 1)]
     assert sum(p["unigram_tokens"] for p in parts) == whole["unigram_tokens"]
-    assert sum(p["unigram_loss"] * p["unigram_tokens"] for p in parts) == \
-        pytest.approx(whole["unigram_loss"] * whole["unigram_tokens"], rel=1e-12)
+    assert sum(p["unigram_loss"] * p["unigram_tokens"] for p in parts) == pytest.approx(
+        whole["unigram_loss"] * whole["unigram_tokens"], rel=1e-12
+    )
     assert whole["unigram_loss"] == pytest.approx(hand_floor(bert_run)[0], rel=1e-9)

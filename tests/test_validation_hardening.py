@@ -72,8 +72,15 @@ BAD_FLOATS = (float("nan"), float("inf"), float("-inf"))
 
 def test_the_enumeration_finds_the_keys_of_the_issue() -> None:
     keys = {k for k, tp in NUMERIC if tp is float}
-    assert {"optim.lr", "optim.eps", "optim.weight_decay", "optim.grad_clip", "model.dropout",
-            "schedule.stages[0].fraction", "objective.denoisers[0].rate"} <= keys
+    assert {
+        "optim.lr",
+        "optim.eps",
+        "optim.weight_decay",
+        "optim.grad_clip",
+        "model.dropout",
+        "schedule.stages[0].fraction",
+        "objective.denoisers[0].rate",
+    } <= keys
     assert len(keys) >= 15
 
 
@@ -121,8 +128,9 @@ def test_1e400_in_a_file_is_inf_and_refused(tmp_path: Path) -> None:
     assert "optim.lr = inf: must be a finite number (nan and inf are not allowed)" in e.value.problems
 
 
-@pytest.mark.parametrize("assignment", ["optim.lr=nan", "optim.eps=nan", "optim.lr=inf",
-                                        "optim.weight_decay=inf", "optim.grad_clip=nan"])
+@pytest.mark.parametrize(
+    "assignment", ["optim.lr=nan", "optim.eps=nan", "optim.lr=inf", "optim.weight_decay=inf", "optim.grad_clip=nan"]
+)
 @pytest.mark.parametrize("dry", [False, True], ids=["train", "dry-run"])
 def test_cli_refuses_non_finite_floats(cli, make_recipe, tmp_path: Path, assignment: str, dry: bool) -> None:
     out = tmp_path / "out"
@@ -151,6 +159,7 @@ def small_memory(monkeypatch):
     def set_memory(gib: float) -> None:
         monkeypatch.setattr(planning, "device_memory", lambda: (gib, "RAM"))
         monkeypatch.setattr(planning, "host_memory", lambda: (gib, "RAM"))
+
     return set_memory
 
 
@@ -182,8 +191,11 @@ def test_no_micro_batch_fits_says_so(cli, make_recipe, tmp_path: Path, small_mem
 
 
 def test_vocab_size_has_an_upper_bound(cli, make_recipe, tmp_path: Path) -> None:
-    refused(cli("pretrain", make_recipe(), "--out", tmp_path / "o", "--set", "tokenizer.vocab_size=1e9"),
-            "tokenizer.vocab_size = 1000000000", "at most 1,048,576")
+    refused(
+        cli("pretrain", make_recipe(), "--out", tmp_path / "o", "--set", "tokenizer.vocab_size=1e9"),
+        "tokenizer.vocab_size = 1000000000",
+        "at most 1,048,576",
+    )
     assert parse_recipe(merged(TINY, {"tokenizer": {"vocab_size": 2**20}})).tokenizer.vocab_size == 2**20
 
 
@@ -202,8 +214,9 @@ def test_a_skipped_step_is_shown_and_the_run_completes(cli, make_recipe, tmp_pat
 
     monkeypatch.setattr(loop, "forward_backward", nan_on_third_step)
     out = tmp_path / "out"
-    res = run_ok(cli, "pretrain", make_recipe(), "--out", out, "--set", 'train.nan_policy="skip"',
-                 "--set", 'log.console="rich"')
+    res = run_ok(
+        cli, "pretrain", make_recipe(), "--out", out, "--set", 'train.nan_policy="skip"', "--set", 'log.console="rich"'
+    )
     assert "step 3: non-finite loss nan" in res.output and "batch skipped" in res.output, res.output
     rows = read_rows(out)
     assert [r["step"] for r in rows if r.get("event") == "skipped_step"] == [3]
@@ -219,8 +232,18 @@ def test_the_live_console_shows_a_skipped_step(monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     c = Console("rich")
     c.total_steps = 4
-    c.log({"step": 1, "stage": 0, "path_length": 2, "loss": 5.0, "lr": 1e-3, "tokens_per_s": 1.0,
-           "tflops_per_s": 0.0, "flops": 1.0})
+    c.log(
+        {
+            "step": 1,
+            "stage": 0,
+            "path_length": 2,
+            "loss": 5.0,
+            "lr": 1e-3,
+            "tokens_per_s": 1.0,
+            "tflops_per_s": 0.0,
+            "flops": 1.0,
+        }
+    )
     c.log({"event": "skipped_step", "step": 2, "loss": float("nan"), "grad_norm": float("nan")})
     c.log({"event": "some_future_event", "step": 2, "loss": 1.0})
     c.close()
@@ -271,6 +294,7 @@ def _read_only(monkeypatch, d: Path) -> None:
         if self.parent == d:
             raise PermissionError(13, "Permission denied", str(self))
         return real(self, *args, **kwargs)
+
     monkeypatch.setattr(Path, "touch", touch)
 
 
@@ -310,8 +334,12 @@ def test_an_hf_spec_with_path_syntax_is_refused(cli, make_recipe, tmp_path: Path
 def test_an_hf_name_that_is_a_local_folder_is_refused(cli, make_recipe, tmp_path: Path, monkeypatch) -> None:
     recipe = make_recipe()
     monkeypatch.chdir(recipe.parent)  # load_dataset("data") would read ./data, not the hub
-    refused(cli("pretrain", recipe, "--out", tmp_path / "o", "--set", 'data.train=["hf:data"]'),
-            "data.train", "would load the local", "without `hf:`")
+    refused(
+        cli("pretrain", recipe, "--out", tmp_path / "o", "--set", 'data.train=["hf:data"]'),
+        "data.train",
+        "would load the local",
+        "without `hf:`",
+    )
 
 
 def test_hub_names_still_parse() -> None:
@@ -325,8 +353,9 @@ def test_hub_names_still_parse() -> None:
 # --- 15. an empty recipe -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", ["", "  \n\n\t\n", "# only a comment\n  # and another\n"],
-                         ids=["empty", "whitespace", "comments"])
+@pytest.mark.parametrize(
+    "content", ["", "  \n\n\t\n", "# only a comment\n  # and another\n"], ids=["empty", "whitespace", "comments"]
+)
 def test_an_empty_recipe_is_refused(cli, tmp_path: Path, monkeypatch, content: str) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "empty.toml"
@@ -351,8 +380,17 @@ def test_an_eval_set_below_one_batch_warns(cli, make_recipe, tmp_path: Path) -> 
     """Threshold: fewer tokens than one eval batch (train.batch_size x train.seq_len = 8 x 32)."""
     recipe = make_recipe()
     (recipe.parent / "data" / "few.txt").write_text(" ".join(["the cat sees the ball ."] * 20))  # ~4 blocks
-    res = run_ok(cli, "pretrain", recipe, "--out", tmp_path / "o", "--set", 'data.eval=["data/few.txt"]',
-                 "--set", 'log.console="plain"')
+    res = run_ok(
+        cli,
+        "pretrain",
+        recipe,
+        "--out",
+        tmp_path / "o",
+        "--set",
+        'data.eval=["data/few.txt"]',
+        "--set",
+        'log.console="plain"',
+    )
     text = " ".join(res.stderr.split())
     assert "warning: data.eval holds only" in text and "less than one eval batch" in text, res.stderr
     res = run_ok(cli, "eval", tmp_path / "o", "--data", recipe.parent / "data" / "few.txt", "--json")

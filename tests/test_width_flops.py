@@ -29,16 +29,44 @@ def counted(run) -> int:
 
 
 @pytest.mark.parametrize("arch", ["bert", "ul2"])
-@pytest.mark.parametrize("heads, units", [((0, 1, 2, 3), None), ((1, 2), None), (None, tuple(range(0, FF, 2))),
-                                          ((3,), tuple(range(64))), ((0, 2, 3), tuple(range(FF - 192, FF)))])
+@pytest.mark.parametrize(
+    "heads, units",
+    [
+        ((0, 1, 2, 3), None),
+        ((1, 2), None),
+        (None, tuple(range(0, FF, 2))),
+        ((3,), tuple(range(64))),
+        ((0, 2, 3), tuple(range(FF - 192, FF))),
+    ],
+)
 def test_block_flops_equal_flop_counter(arch, heads, units) -> None:
     torch.manual_seed(0)
     if arch == "bert":
-        model = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=H, num_layers=2, num_heads=NH, intermediate_size=FF,
-                                           max_position_embeddings=T, norm="pre", hidden_dropout=0.0, attention_dropout=0.0))
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=64,
+                hidden_size=H,
+                num_layers=2,
+                num_heads=NH,
+                intermediate_size=FF,
+                max_position_embeddings=T,
+                norm="pre",
+                hidden_dropout=0.0,
+                attention_dropout=0.0,
+            )
+        )
     else:
-        model = DecoderForPrefixLM(DecoderConfig(vocab_size=64, hidden_size=H, num_layers=2, num_heads=NH,
-                                                 intermediate_size=FF, max_position_embeddings=T, dropout=0.0))
+        model = DecoderForPrefixLM(
+            DecoderConfig(
+                vocab_size=64,
+                hidden_size=H,
+                num_layers=2,
+                num_heads=NH,
+                intermediate_size=FF,
+                max_position_embeddings=T,
+                dropout=0.0,
+            )
+        )
     x = torch.randn(B, T, H, requires_grad=True)  # an input that needs its gradient, as every block but the first
     sub = Subnet(layers=(1,), heads=None if heads is None else (heads,), units=None if units is None else (units,))
     width = block_widths(sub, [1], NH, FF, x)[0]
@@ -59,8 +87,18 @@ def test_block_flops_equal_flop_counter(arch, heads, units) -> None:
 def test_whole_model_width_step_matches_the_counter_as_the_depth_count_does() -> None:
     """The whole narrow model against step_flops, within the tolerance the depth-only test uses."""
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=96, hidden_size=H, num_layers=4, num_heads=NH, intermediate_size=FF,
-                                       max_position_embeddings=T, hidden_dropout=0.0, attention_dropout=0.0))
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=96,
+            hidden_size=H,
+            num_layers=4,
+            num_heads=NH,
+            intermediate_size=FF,
+            max_position_embeddings=T,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+        )
+    )
     ids = torch.randint(1, 96, (B, T))
     labels = torch.full((B, T), -100)
     labels.view(-1)[torch.arange(7) * 3] = 5
@@ -73,8 +111,10 @@ def test_whole_model_width_step_matches_the_counter_as_the_depth_count_does() ->
 
 def test_plan_flops_counts_stage_widths() -> None:
     d = Dims(hidden=128, ffn=512, vocab=2048, n_layers=12, seq_len=128)
-    cfg = ScheduleConfig(method="raptr", stages=[S(fraction=0.5, path_length=8, heads_fraction=0.5, mlp_fraction=0.5),
-                                                 S(fraction=0.5, path_length=12)])
+    cfg = ScheduleConfig(
+        method="raptr",
+        stages=[S(fraction=0.5, path_length=8, heads_fraction=0.5, mlp_fraction=0.5), S(fraction=0.5, path_length=12)],
+    )
     plan = build_plan(cfg, 12, 100, 1000, 0, widths=(2, 512))
     out = plan_flops(plan, d, 1000, 0.15)
     a, b = out["stages"]

@@ -18,15 +18,34 @@ from raptr_cli.subnet import Subnet
 
 def bert(norm: str = "pre") -> BertForMaskedLM:
     torch.manual_seed(0)
-    return BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_layers=3, num_heads=4,
-                                      intermediate_size=64, max_position_embeddings=16, norm=norm,
-                                      hidden_dropout=0.0, attention_dropout=0.0)).eval()
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_layers=3,
+            num_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            norm=norm,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+        )
+    ).eval()
 
 
 def decoder() -> DecoderForPrefixLM:
     torch.manual_seed(0)
-    return DecoderForPrefixLM(DecoderConfig(vocab_size=50, hidden_size=32, num_layers=3, num_heads=4,
-                                            intermediate_size=64, max_position_embeddings=16, dropout=0.0)).eval()
+    return DecoderForPrefixLM(
+        DecoderConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_layers=3,
+            num_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            dropout=0.0,
+        )
+    ).eval()
 
 
 SUBNET = Subnet(layers=(0, 2), heads=((1, 3), (0, 1)), units=(tuple(range(0, 64, 2)), tuple(range(16, 48))))
@@ -43,7 +62,7 @@ def zeroed_reference(model, subnet: Subnet, inverse: bool):
             o, down = cols["heads"][1][0], cols["units"][1][0]
             keep_h = torch.zeros(32)
             for h in subnet.heads[j]:
-                keep_h[h * hs:(h + 1) * hs] = 4 / len(subnet.heads[j]) if inverse else 1.0
+                keep_h[h * hs : (h + 1) * hs] = 4 / len(subnet.heads[j]) if inverse else 1.0
             keep_u = torch.zeros(64)
             keep_u[list(subnet.units[j])] = 64 / len(subnet.units[j]) if inverse else 1.0
             o.mul_(keep_h)
@@ -95,7 +114,7 @@ def test_dropped_parts_are_not_computed_and_get_zero_grad(make) -> None:
     out.loss.backward()
     # 2 of 4 heads: q/k/v are 16 of 32 rows, the output projection 16 of 32 columns; 32 of 64 units
     n_mlp = 2 if isinstance(model, BertForMaskedLM) else 3  # GELU MLP vs SwiGLU
-    assert shapes[:4 + n_mlp] == [(16, 32)] * 3 + [(32, 16)] + [(32, 32)] * n_mlp
+    assert shapes[: 4 + n_mlp] == [(16, 32)] * 3 + [(32, 16)] + [(32, 32)] * n_mlp
     assert (64, 32) not in shapes and (32, 64) not in shapes  # no full-width MLP matmul anywhere
     parts = model.blocks[0].width_parts()
     q, o = parts["heads"][0][0], parts["heads"][1][0]

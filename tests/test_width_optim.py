@@ -18,13 +18,33 @@ from raptr_cli.train.width import dropped_slices, masked_update
 
 
 def bert():
-    return BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
-                                      max_position_embeddings=16, norm="pre", hidden_dropout=0.0, attention_dropout=0.0))
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_layers=3,
+            num_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            norm="pre",
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+        )
+    )
 
 
 def decoder():
-    return DecoderForPrefixLM(DecoderConfig(vocab_size=50, hidden_size=32, num_layers=3, num_heads=4,
-                                            intermediate_size=64, max_position_embeddings=16, dropout=0.0))
+    return DecoderForPrefixLM(
+        DecoderConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_layers=3,
+            num_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            dropout=0.0,
+        )
+    )
 
 
 FULL_WIDTH = Subnet(layers=(0, 1, 2))
@@ -51,7 +71,9 @@ def test_dropped_weights_and_moments_are_untouched_kept_ones_move(make) -> None:
     step(model, opt, FULL_WIDTH)  # moments everywhere are now nonzero
     slices = dropped_slices(model, NARROW)
     assert slices
-    before = [(snapshot(p), snapshot(opt.state[p]["exp_avg"]), snapshot(opt.state[p]["exp_avg_sq"])) for p, _, _ in slices]
+    before = [
+        (snapshot(p), snapshot(opt.state[p]["exp_avg"]), snapshot(opt.state[p]["exp_avg_sq"])) for p, _, _ in slices
+    ]
     step(model, opt, NARROW)
     for (p, dim, idx), (w0, m0, v0) in zip(slices, before):
         st = opt.state[p]

@@ -14,8 +14,14 @@ WIDTHS = (4, 16)  # num_heads, intermediate_size
 
 
 def width_plan(seed: int = 0, **kw) -> object:
-    cfg = ScheduleConfig(method="raptr", stages=[S(fraction=0.5, path_length=4, heads_fraction=0.5, mlp_fraction=0.25),
-                                                 S(fraction=0.5, mlp_fraction=0.5)], **kw)
+    cfg = ScheduleConfig(
+        method="raptr",
+        stages=[
+            S(fraction=0.5, path_length=4, heads_fraction=0.5, mlp_fraction=0.25),
+            S(fraction=0.5, mlp_fraction=0.5),
+        ],
+        **kw,
+    )
     return build_plan(cfg, 6, 10, 100, seed, widths=WIDTHS)
 
 
@@ -50,8 +56,10 @@ def test_parts_are_a_function_of_seed_step_block_only() -> None:
             assert sub.units[j] == sample_parts(16, 4, stream(7, step, "units", b))
     # block 0's stream is the plain stream of the tag: the existing paths stream is unchanged
     assert stream(3, 5, "paths", 0).initial_seed() == step_generator(3, 5).initial_seed()
-    assert width_plan(seed=1).subnet(0).heads != width_plan(seed=2).subnet(0).heads or \
-        width_plan(seed=1).subnet(0).units != width_plan(seed=2).subnet(0).units
+    assert (
+        width_plan(seed=1).subnet(0).heads != width_plan(seed=2).subnet(0).heads
+        or width_plan(seed=1).subnet(0).units != width_plan(seed=2).subnet(0).units
+    )
 
 
 def test_width_scale_travels_in_the_subnet() -> None:
@@ -61,22 +69,32 @@ def test_width_scale_travels_in_the_subnet() -> None:
     assert full.subnet(0).full and not full.narrow
 
 
-@pytest.mark.parametrize("stage, method, message", [
-    (S(fraction=1, heads_fraction=0.3), "raptr",
-     "schedule.stages[0].heads_fraction = 0.3 gives 1.2 of model.num_heads = 4, not a whole number"),
-    (S(fraction=1, mlp_fraction=1.5), "raptr", "schedule.stages[0].mlp_fraction = 1.5 must be in (0, 1]"),
-    (S(fraction=1, mlp_fraction=0.0), "raptr", "schedule.stages[0].mlp_fraction = 0.0 must be in (0, 1]"),
-    (S(fraction=1, depth=6, heads_fraction=0.5), "stacking",
-     "schedule.stages[0].heads_fraction is not for method 'stacking'"),
-])
+@pytest.mark.parametrize(
+    "stage, method, message",
+    [
+        (
+            S(fraction=1, heads_fraction=0.3),
+            "raptr",
+            "schedule.stages[0].heads_fraction = 0.3 gives 1.2 of model.num_heads = 4, not a whole number",
+        ),
+        (S(fraction=1, mlp_fraction=1.5), "raptr", "schedule.stages[0].mlp_fraction = 1.5 must be in (0, 1]"),
+        (S(fraction=1, mlp_fraction=0.0), "raptr", "schedule.stages[0].mlp_fraction = 0.0 must be in (0, 1]"),
+        (
+            S(fraction=1, depth=6, heads_fraction=0.5),
+            "stacking",
+            "schedule.stages[0].heads_fraction is not for method 'stacking'",
+        ),
+    ],
+)
 def test_width_problems_name_the_key(stage, method, message) -> None:
     errors, _ = ScheduleConfig(method=method, stages=[stage]).problems(6, 10, 100, WIDTHS)
     assert any(e.startswith(message) for e in errors), errors
 
 
 def test_bad_width_scale_and_missing_widths() -> None:
-    errors, _ = ScheduleConfig(method="raptr", width_scale="half",
-                               stages=[S(fraction=1, heads_fraction=0.5)]).problems(6, 10, 100, WIDTHS)
+    errors, _ = ScheduleConfig(method="raptr", width_scale="half", stages=[S(fraction=1, heads_fraction=0.5)]).problems(
+        6, 10, 100, WIDTHS
+    )
     assert any(e.startswith("schedule.width_scale = 'half' is not one of none, inverse_fraction") for e in errors)
     with pytest.raises(UserError):
         build_plan(ScheduleConfig(method="raptr", stages=[S(fraction=1, heads_fraction=0.5)]), 6, 10, 100, 0)

@@ -17,10 +17,17 @@ from conftest import generate_corpus, read_rows, run_ok
 from raptr_cli.flops import Dims, step_flops
 from test_launch import ACCELERATE, RAPTR, ROOT, SETS
 
-WIDTH = {"schedule": {"method": "raptr", "width_scale": "inverse_fraction", "stages": [
-    {"fraction": 0.5, "path_length": 3, "heads_fraction": 0.5, "mlp_fraction": 0.5},
-    {"fraction": 0.5, "mlp_fraction": 0.75}]},
-    "model": {"n_layers": 4, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}}
+WIDTH = {
+    "schedule": {
+        "method": "raptr",
+        "width_scale": "inverse_fraction",
+        "stages": [
+            {"fraction": 0.5, "path_length": 3, "heads_fraction": 0.5, "mlp_fraction": 0.5},
+            {"fraction": 0.5, "mlp_fraction": 0.75},
+        ],
+    },
+    "model": {"n_layers": 4, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
+}
 
 
 def test_a_width_run_trains_counts_active_flops_and_evaluates_the_full_model(cli, make_recipe, tmp_path) -> None:
@@ -47,8 +54,10 @@ def test_a_width_run_trains_counts_active_flops_and_evaluates_the_full_model(cli
 def test_dry_run_and_flops_show_width_per_stage(cli, make_recipe) -> None:
     recipe = make_recipe(WIDTH)
     plan = json.loads(run_ok(cli, "pretrain", recipe, "--dry-run", "--json").stdout)
-    assert [(s["path_length"], s["heads_fraction"], s["mlp_fraction"]) for s in plan["stages"]] == \
-        [(3, 0.5, 0.5), (4, 1.0, 0.75)]
+    assert [(s["path_length"], s["heads_fraction"], s["mlp_fraction"]) for s in plan["stages"]] == [
+        (3, 0.5, 0.5),
+        (4, 1.0, 0.75),
+    ]
     doc = json.loads(run_ok(cli, "flops", recipe, "--json").stdout)
     assert [(s["heads_fraction"], s["mlp_fraction"]) for s in doc["stages"]] == [(0.5, 0.5), (1.0, 0.75)]
     table = run_ok(cli, "flops", recipe).stdout
@@ -58,7 +67,9 @@ def test_dry_run_and_flops_show_width_per_stage(cli, make_recipe) -> None:
 def test_bundled_width_recipes_match_ctx_raptr_flops(cli) -> None:
     total = {}
     for name in ("bert-tiny-ctx-raptr", "bert-tiny-ctx-raptr-width", "bert-tiny-ctx-raptr-depth-width"):
-        total[name] = json.loads(run_ok(cli, "flops", ROOT / "recipes" / f"{name}.toml", "--json").stdout)["total_flops"]
+        total[name] = json.loads(run_ok(cli, "flops", ROOT / "recipes" / f"{name}.toml", "--json").stdout)[
+            "total_flops"
+        ]
     assert len({round(v) for v in total.values()}) == 1, total
 
 
@@ -68,17 +79,43 @@ def test_two_processes_train_a_width_run_like_one_process(tmp_path) -> None:
     (tmp_path / "a.txt").write_text("\n".join(generate_corpus(30, 20, seed=3)))
     env = {**os.environ, "RAPTR_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     sets = [a for a in SETS if not a.startswith("schedule.stages=")][:-1] + [
-        "--set", f'data.train=["{tmp_path / "a.txt"}"]', "--set", "train.checkpoint_every=0",
-        "--set", "schedule.stages=[{fraction=0.5,path_length=3,heads_fraction=0.5,mlp_fraction=0.5},"
-                 "{fraction=0.5,mlp_fraction=0.75}]"]
+        "--set",
+        f'data.train=["{tmp_path / "a.txt"}"]',
+        "--set",
+        "train.checkpoint_every=0",
+        "--set",
+        "schedule.stages=[{fraction=0.5,path_length=3,heads_fraction=0.5,mlp_fraction=0.5},"
+        "{fraction=0.5,mlp_fraction=0.75}]",
+    ]
     recipe = str(ROOT / "recipes/bert-tiny-raptr.toml")
     run = [RAPTR, "pretrain", recipe, *sets]
-    one = subprocess.run([*run, "--out", str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=240)
+    one = subprocess.run(
+        [*run, "--out", str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", *run, "--out", str(tmp_path / "two")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    two = subprocess.run(
+        [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *run,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
@@ -100,6 +137,7 @@ def test_a_width_run_resumes_bitwise_across_the_stage_boundary(cli, make_recipe,
         shutil.rmtree(cut / "checkpoints" / f"step-{s:07d}")
     shutil.rmtree(cut / "final")
     run_ok(cli, "pretrain", recipe, "--out", cut, "--resume")
+
     def losses(out: Path) -> list:
         return [(r["step"], r["loss"]) for r in read_rows(out) if "loss" in r and "event" not in r]
 
@@ -109,12 +147,28 @@ def test_a_width_run_resumes_bitwise_across_the_stage_boundary(cli, make_recipe,
 
 
 def test_a_ul2_width_run_trains_and_exports_the_full_model(cli, make_recipe, tmp_path) -> None:
-    recipe = make_recipe({"model": {"arch": "ul2", "n_layers": 3, "hidden_size": 32, "num_heads": 4,
-                                    "intermediate_size": 64, "dropout": 0.0, "attention_dropout": 0.0},
-                          "tokenizer": {"vocab_size": 600}, "train": {"steps": 6, "seq_len": 64, "eval_every": 3},
-                          "schedule": {"method": "raptr", "stages": [
-                              {"fraction": 0.5, "path_length": 2, "heads_fraction": 0.25, "mlp_fraction": 0.5},
-                              {"fraction": 0.5, "heads_fraction": 0.75}]}})
+    recipe = make_recipe(
+        {
+            "model": {
+                "arch": "ul2",
+                "n_layers": 3,
+                "hidden_size": 32,
+                "num_heads": 4,
+                "intermediate_size": 64,
+                "dropout": 0.0,
+                "attention_dropout": 0.0,
+            },
+            "tokenizer": {"vocab_size": 600},
+            "train": {"steps": 6, "seq_len": 64, "eval_every": 3},
+            "schedule": {
+                "method": "raptr",
+                "stages": [
+                    {"fraction": 0.5, "path_length": 2, "heads_fraction": 0.25, "mlp_fraction": 0.5},
+                    {"fraction": 0.5, "heads_fraction": 0.75},
+                ],
+            },
+        }
+    )
     out = tmp_path / "ul2"
     run_ok(cli, "pretrain", recipe, "--out", out)
     rows = read_rows(out)
@@ -122,4 +176,6 @@ def test_a_ul2_width_run_trains_and_exports_the_full_model(cli, make_recipe, tmp
     run_ok(cli, "export", out, tmp_path / "hf", "--to", "hf")
     exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
     trained = load_file(str(out / "final" / "model.safetensors"))
-    assert {k: v.shape for k, v in exported.items()} == {k: trained[k].shape for k in exported}  # every head, every unit
+    assert {k: v.shape for k, v in exported.items()} == {
+        k: trained[k].shape for k in exported
+    }  # every head, every unit

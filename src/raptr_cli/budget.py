@@ -34,17 +34,21 @@ def gpu_peak(name: str, dtype: str = "bf16", override_tflops: float | None = Non
         return override_tflops * 1e12
     key = name.lower().replace("_", "-")
     if key not in GPU_PEAKS:
-        raise UserError(f"--gpu {name!r} is not in the peak table",
-                        hint=f"Use one of {', '.join(GPU_PEAKS)}, or give --peak TFLOPS.")
+        raise UserError(
+            f"--gpu {name!r} is not in the peak table",
+            hint=f"Use one of {', '.join(GPU_PEAKS)}, or give --peak TFLOPS.",
+        )
     if dtype not in GPU_PEAKS[key]:
-        raise UserError(f"--gpu {name} has no {dtype} peak in the table",
-                        hint=f"It has {', '.join(GPU_PEAKS[key])}; pass --dtype or --peak.")
+        raise UserError(
+            f"--gpu {name} has no {dtype} peak in the table",
+            hint=f"It has {', '.join(GPU_PEAKS[key])}; pass --dtype or --peak.",
+        )
     return GPU_PEAKS[key][dtype] * 1e12
 
 
 @dataclass
 class Budget:
-    flops: float | None = None      # a FLOPs budget
+    flops: float | None = None  # a FLOPs budget
     gpu_hours: float | None = None  # or GPU-hours (needs a GPU peak and an MFU)
 
 
@@ -63,8 +67,10 @@ def parse_budget(text: str) -> Budget:
         b = None
     value = None if b is None else (b.flops if b.flops is not None else b.gpu_hours)
     if value is None or not math.isfinite(value) or value <= 0:  # nan, inf and 1e400 parse as floats
-        raise UserError(f"--budget {text!r} is not a budget (a finite number > 0 of FLOPs or GPU-hours)",
-                        hint="Give FLOPs (--budget 3e18) or GPU-hours (--budget 200gpu-h --gpu h100 --mfu 0.4).")
+        raise UserError(
+            f"--budget {text!r} is not a budget (a finite number > 0 of FLOPs or GPU-hours)",
+            hint="Give FLOPs (--budget 3e18) or GPU-hours (--budget 200gpu-h --gpu h100 --mfu 0.4).",
+        )
     return b
 
 
@@ -73,8 +79,10 @@ def budget_flops(b: Budget, peak: float | None, mfu: float) -> float:
     if b.flops is not None:
         return b.flops
     if peak is None:
-        raise UserError("--budget in GPU-hours needs --gpu NAME (or --peak TFLOPS)",
-                        hint="e.g. --budget 200gpu-h --gpu h100 --mfu 0.4")
+        raise UserError(
+            "--budget in GPU-hours needs --gpu NAME (or --peak TFLOPS)",
+            hint="e.g. --budget 200gpu-h --gpu h100 --mfu 0.4",
+        )
     return b.gpu_hours * 3600.0 * peak * mfu
 
 

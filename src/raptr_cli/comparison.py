@@ -17,8 +17,10 @@ def summarize(run_dir: Path) -> dict:
     """One run's row, from its recipe.toml and metrics.jsonl alone."""
     mpath, rpath = run_dir / "metrics.jsonl", run_dir / "recipe.toml"
     if not mpath.is_file() or not rpath.is_file():
-        raise UserError(f"{run_dir} is not a finished raptr run (needs metrics.jsonl and recipe.toml)",
-                        hint="Pass directories written by `raptr pretrain`.")
+        raise UserError(
+            f"{run_dir} is not a finished raptr run (needs metrics.jsonl and recipe.toml)",
+            hint="Pass directories written by `raptr pretrain`.",
+        )
     rows = read_metrics(mpath)
     recipe = tomllib.loads(rpath.read_text())
     sched = recipe.get("schedule", {})
@@ -26,22 +28,30 @@ def summarize(run_dir: Path) -> dict:
     train = [r for r in rows if "loss" in r and "event" not in r]
     end = next((r for r in rows if r.get("event") == "run_end"), None)
     if not evals or end is None:
-        raise UserError(f"{run_dir} has not finished (no run_end event in metrics.jsonl)",
-                        hint="Resume it with `raptr pretrain ... --resume`, or leave it out.")
+        raise UserError(
+            f"{run_dir} has not finished (no run_end event in metrics.jsonl)",
+            hint="Resume it with `raptr pretrain ... --resume`, or leave it out.",
+        )
     stages = sched.get("stages", [])
     key = size_key(sched.get("method"))
     schedule = "-".join(str(s.get(key, s.get("keep_prob", "?"))) for s in stages) or "full"
     jumps = [r["loss_after"] - r["loss_before"] for r in rows if r.get("event") == "transition"]
     full_evals = [r for r in evals if r.get("eval_full_model", True)]
     return {
-        "run": str(run_dir), "name": recipe.get("run", {}).get("name", run_dir.name),
-        "method": sched.get("method", ScheduleConfig.method), "schedule": schedule,
+        "run": str(run_dir),
+        "name": recipe.get("run", {}).get("name", run_dir.name),
+        "method": sched.get("method", ScheduleConfig.method),
+        "schedule": schedule,
         "seed": recipe.get("run", {}).get("seed", 0),
-        "steps": end["step"], "tokens": end["tokens"], "flops": end["flops"], "wall_s": end["elapsed_s"],
+        "steps": end["step"],
+        "tokens": end["tokens"],
+        "flops": end["flops"],
+        "wall_s": end["elapsed_s"],
         "tokens_per_s": end["tokens"] / max(end["elapsed_s"], 1e-9),
         "final_eval_loss": evals[-1]["eval_loss"],
         # the context-free floor of the final eval (floor.py); None for runs from before it existed
-        "unigram_loss": evals[-1].get("unigram_loss"), "loss_below_unigram": evals[-1].get("loss_below_unigram"),
+        "unigram_loss": evals[-1].get("unigram_loss"),
+        "loss_below_unigram": evals[-1].get("loss_below_unigram"),
         "best_eval_loss": min(r["eval_loss"] for r in full_evals) if full_evals else None,
         "transition_jumps": jumps,
         "curve": [(r["flops"], r["eval_loss"], r.get("eval_full_model", True)) for r in evals],
@@ -86,8 +96,10 @@ def refuse_duplicates(run_dirs: list[Path]) -> None:
         key = Path(d).resolve()
         if key in seen:
             spellings = f" (as {seen[key]} and {d})" if str(seen[key]) != str(d) else ""
-            raise UserError(f"the run {key} is listed twice{spellings}",
-                            hint="Pass each run directory once (a second seed is a run of its own, with another run.seed).")
+            raise UserError(
+                f"the run {key} is listed twice{spellings}",
+                hint="Pass each run directory once (a second seed is a run of its own, with another run.seed).",
+            )
         seen[key] = Path(d)
 
 
@@ -96,9 +108,11 @@ def refuse_mixed_objectives(arch_of: dict[str, str]) -> None:
     BPE) measure different things: side by side, their eval losses and curves would invite a wrong
     conclusion, so mixing them needs an explicit --allow-mixed. `arch_of`: recipe or run -> model.arch."""
     if len(set(arch_of.values())) > 1:
-        raise UserError("these runs train different objectives, so their losses are not comparable:",
-                        problems=[f"{label}: model.arch = {arch!r}" for label, arch in arch_of.items()],
-                        hint="Compare runs of one architecture, or add --allow-mixed to tabulate them anyway.")
+        raise UserError(
+            "these runs train different objectives, so their losses are not comparable:",
+            problems=[f"{label}: model.arch = {arch!r}" for label, arch in arch_of.items()],
+            hint="Compare runs of one architecture, or add --allow-mixed to tabulate them anyway.",
+        )
 
 
 def check_comparable(runs: list[dict], allow_mixed: bool = False) -> None:
@@ -120,16 +134,18 @@ def check_comparable(runs: list[dict], allow_mixed: bool = False) -> None:
                 f"{r0['run']} and {r['run']} share run.name = {r['name']!r} but are different recipes, "
                 f"so they are not seeds of one run; they differ in: "
                 + ", ".join(f"{k} ({a!r} vs {b!r})" for k, (a, b) in diff.items()),
-                hint="Runs of one name are read as seeds of one recipe: give different recipes different run names.")
+                hint="Runs of one name are read as seeds of one recipe: give different recipes different run names.",
+            )
         twin = seeds.setdefault((r["name"], r["seed"]), r)
         if twin is not r:
-            raise UserError(f"{twin['run']} and {r['run']} are the same recipe with the same run.seed = {r['seed']}: "
-                            "one run twice, not two seeds",
-                            hint="Pass one of them, or train the second seed with another run.seed.")
+            raise UserError(
+                f"{twin['run']} and {r['run']} are the same recipe with the same run.seed = {r['seed']}: "
+                "one run twice, not two seeds",
+                hint="Pass one of them, or train the second seed with another run.seed.",
+            )
 
 
-AGGREGATED = ("relative_flops", "final_eval_loss", "best_eval_loss", "eval_loss_at_equal_flops",
-              "loss_below_unigram")
+AGGREGATED = ("relative_flops", "final_eval_loss", "best_eval_loss", "eval_loss_at_equal_flops", "loss_below_unigram")
 
 
 def by_name(runs: list[dict]) -> list[dict]:
@@ -139,12 +155,12 @@ def by_name(runs: list[dict]) -> list[dict]:
         groups.setdefault(r["name"], []).append(r)
     out = []
     for name, rs in groups.items():
-        g = {"name": name, "method": rs[0]["method"], "schedule": rs[0]["schedule"],
-             "seeds": [r["seed"] for r in rs]}
+        g = {"name": name, "method": rs[0]["method"], "schedule": rs[0]["schedule"], "seeds": [r["seed"] for r in rs]}
         for key in AGGREGATED:
             vals = [r[key] for r in rs if r[key] is not None]
-            g[key] = ({"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}
-                      if len(vals) == len(rs) else None)
+            g[key] = (
+                {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)} if len(vals) == len(rs) else None
+            )
         out.append(g)
     return out
 
@@ -152,10 +168,13 @@ def by_name(runs: list[dict]) -> list[dict]:
 def write_outputs(result: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2))
-    lines = [f"Eval loss at equal FLOPs is read at {result['equal_flops']:.3e} FLOPs (the smallest run's total).", "",
-             "| run | method | schedule | rel. FLOPs | wall s | tokens/s | final eval | best eval | eval @ equal FLOPs "
-             "| switch jumps | unigram floor | below floor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Eval loss at equal FLOPs is read at {result['equal_flops']:.3e} FLOPs (the smallest run's total).",
+        "",
+        "| run | method | schedule | rel. FLOPs | wall s | tokens/s | final eval | best eval | eval @ equal FLOPs "
+        "| switch jumps | unigram floor | below floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     f4 = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     for r in result["runs"]:
         eq = r["eval_loss_at_equal_flops"]
@@ -164,16 +183,24 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
             f"| {r['name']} | {r['method']} | {r['schedule']} | {r['relative_flops']:.3f} | {r['wall_s']:.1f} | "
             f"{r['tokens_per_s']:,.0f} | {r['final_eval_loss']:.4f} | {'-' if best is None else f'{best:.4f}'} | "
             f"{'-' if eq is None else f'{eq:.4f}'} | {', '.join(f'{j:+.3f}' for j in r['transition_jumps']) or '-'} | "
-            f"{f4(r.get('unigram_loss'))} | {f4(r.get('loss_below_unigram'))} |")
+            f"{f4(r.get('unigram_loss'))} | {f4(r.get('loss_below_unigram'))} |"
+        )
     if "by_name" in result:
-        lines += ["", "Mean over seeds (min - max):", "",
-                  "| run | method | schedule | seeds | rel. FLOPs | final eval | best eval | eval @ equal FLOPs "
-                  "| below floor |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Mean over seeds (min - max):",
+            "",
+            "| run | method | schedule | seeds | rel. FLOPs | final eval | best eval | eval @ equal FLOPs "
+            "| below floor |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for g in result["by_name"]:
             cells = [spread(g[k], 3 if k == "relative_flops" else 4) for k in AGGREGATED]
-            lines.append(f"| {g['name']} | {g['method']} | {g['schedule']} | {', '.join(map(str, g['seeds']))} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {g['name']} | {g['method']} | {g['schedule']} | {', '.join(map(str, g['seeds']))} | "
+                + " | ".join(cells)
+                + " |"
+            )
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     written = [out / "compare.json", out / "compare.md"]
     png = plot(result, out / "loss_vs_flops.png")
@@ -181,7 +208,7 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
 
 
 def spread(stat: dict | None, digits: int = 4) -> str:
-    """"mean (min - max)" of a `by_name` figure."""
+    """ "mean (min - max)" of a `by_name` figure."""
     if stat is None:
         return "-"
     return f"{stat['mean']:.{digits}f} ({stat['min']:.{digits}f} - {stat['max']:.{digits}f})"
@@ -204,8 +231,9 @@ def plot(result: dict, path: Path) -> Path | None:
         ys = [loss for _, loss, _ in r["curve"]]
         first = r["name"] not in colours
         label = f"{r['name']} ({r['method']} {r['schedule']})" if first else None
-        (line,) = ax.plot(xs, ys, marker="o", ms=3, label=label, color=colours.get(r["name"]),
-                          ls="-" if first else "--")
+        (line,) = ax.plot(
+            xs, ys, marker="o", ms=3, label=label, color=colours.get(r["name"]), ls="-" if first else "--"
+        )
         colours.setdefault(r["name"], line.get_color())
         for f in r["stage_flops"] if first else []:
             ax.axvline(f, color=line.get_color(), ls=":", lw=0.8)
@@ -213,8 +241,10 @@ def plot(result: dict, path: Path) -> Path | None:
     ax.set_xlabel("training FLOPs (layers that ran)")
     ax.set_ylabel("full-model eval loss")
     seeds = sorted({r["seed"] for r in result["runs"]})
-    ax.set_title("eval loss vs FLOPs (dotted: stage boundaries"
-                 + (f"; seeds {', '.join(map(str, seeds))}: first solid, others dashed)" if len(seeds) > 1 else ")"))
+    ax.set_title(
+        "eval loss vs FLOPs (dotted: stage boundaries"
+        + (f"; seeds {', '.join(map(str, seeds))}: first solid, others dashed)" if len(seeds) > 1 else ")")
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -119,8 +119,11 @@ def from_dict(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
         out = coerce(v, hints[k], key, problems)
         if out is not None or v is None:
             kwargs[k] = out
-    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [k for k in required if k not in data]
     if missing:
         problems.append(f"{prefix or 'recipe'}: missing required key(s) {', '.join(missing)}")

@@ -31,8 +31,10 @@ def locate(path: Path) -> tuple[Path, Path]:
         found = ckpt.list_checkpoints(path)
         if found:
             return path, found[-1]
-    raise UserError(f"{path} is neither a run directory nor a checkpoint",
-                    hint="Pass runs/<name> (with final/ or checkpoints/) or runs/<name>/checkpoints/step-NNNNNNN.")
+    raise UserError(
+        f"{path} is neither a run directory nor a checkpoint",
+        hint="Pass runs/<name> (with final/ or checkpoints/) or runs/<name>/checkpoints/step-NNNNNNN.",
+    )
 
 
 # Config fields that do not change the function an eval computes (eval mode has no dropout).
@@ -45,15 +47,20 @@ def _check_against_recipe(cfg, recipe: Recipe, model_dir: Path, recipe_path: Pat
     import dataclasses
 
     want = resolve_model_config(recipe.model, cfg.vocab_size, recipe.train.seq_len)
-    diffs = [f"{f.name}: {getattr(cfg, f.name)!r} in config.json, {getattr(want, f.name)!r} from the recipe"
-             for f in dataclasses.fields(cfg)
-             if f.name not in _NOT_ARCHITECTURE and getattr(cfg, f.name) != getattr(want, f.name)]
+    diffs = [
+        f"{f.name}: {getattr(cfg, f.name)!r} in config.json, {getattr(want, f.name)!r} from the recipe"
+        for f in dataclasses.fields(cfg)
+        if f.name not in _NOT_ARCHITECTURE and getattr(cfg, f.name) != getattr(want, f.name)
+    ]
     growing = method_class(recipe.schedule.method).grows
     if cfg.num_layers > want.num_layers or (cfg.num_layers != want.num_layers and not growing):
         diffs.append(f"num_layers: {cfg.num_layers} in config.json, {want.num_layers} from the recipe")
     if diffs:
-        raise UserError(f"{model_dir / 'config.json'} does not match the run's {recipe_path}", problems=diffs,
-                        hint="Evaluate the checkpoint in the run directory it came from, with that run's recipe.toml.")
+        raise UserError(
+            f"{model_dir / 'config.json'} does not match the run's {recipe_path}",
+            problems=diffs,
+            hint="Evaluate the checkpoint in the run directory it came from, with that run's recipe.toml.",
+        )
 
 
 def check_tokenizer(model_dir: Path, tok_file: Path, run_dir: Path) -> None:
@@ -71,11 +78,16 @@ def check_tokenizer(model_dir: Path, tok_file: Path, run_dir: Path) -> None:
         except (OSError, ValueError, AttributeError):
             pass
     have = sha256_file(tok_file)
-    hint = ("Put back the run's own tokenizer.json (final/tokenizer.json is a copy of it), or evaluate the run "
-            "that tokenizer came from.")
+    hint = (
+        "Put back the run's own tokenizer.json (final/tokenizer.json is a copy of it), or evaluate the run "
+        "that tokenizer came from."
+    )
     if recorded and have != recorded:
-        raise UserError(f"{tok_file} is not the tokenizer {model_dir} was trained with (sha256 {have[:16]}..., "
-                        f"the run recorded {recorded[:16]}...)", hint=hint)
+        raise UserError(
+            f"{tok_file} is not the tokenizer {model_dir} was trained with (sha256 {have[:16]}..., "
+            f"the run recorded {recorded[:16]}...)",
+            hint=hint,
+        )
     other = run_dir / "tokenizer.json"
     if not recorded and other != tok_file and other.is_file() and sha256_file(other) != have:
         raise UserError(f"{tok_file} and {other} differ: one of them is not the run's tokenizer", hint=hint)
@@ -89,12 +101,17 @@ def load_model_dir(model_dir: Path, recipe: Recipe, vocab_size: int, recipe_path
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {model_dir / 'config.json'} ({e})", hint="Is this a raptr checkpoint?") from None
     if conf.get("arch", "bert") != recipe.model.arch:
-        raise UserError(f"{model_dir} holds a {conf.get('arch')} model but the run's recipe says model.arch = "
-                        f"{recipe.model.arch!r}", hint="Evaluate it with the run directory it came from.")
+        raise UserError(
+            f"{model_dir} holds a {conf.get('arch')} model but the run's recipe says model.arch = "
+            f"{recipe.model.arch!r}",
+            hint="Evaluate it with the run directory it came from.",
+        )
     cfg = config_from_dict(recipe.model.arch, conf)
     if cfg.vocab_size != vocab_size:
-        raise UserError(f"{model_dir} has vocab_size {cfg.vocab_size} but the tokenizer has {vocab_size}",
-                        hint="Evaluate with the tokenizer.json of the run the checkpoint came from.")
+        raise UserError(
+            f"{model_dir} has vocab_size {cfg.vocab_size} but the tokenizer has {vocab_size}",
+            hint="Evaluate with the tokenizer.json of the run the checkpoint came from.",
+        )
     model = build_model(cfg)
     ckpt.load_weights(model_dir, model)  # first: weights that do not fit their own config.json are named as such
     if recipe_path is not None:
@@ -102,8 +119,13 @@ def load_model_dir(model_dir: Path, recipe: Recipe, vocab_size: int, recipe_path
     return model.eval()
 
 
-def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int] = (), n_paths: int = 4,
-             batches: int | None = None) -> dict:
+def run_eval(
+    target: Path,
+    data: list[str] | None = None,
+    path_lengths: list[int] = (),
+    n_paths: int = 4,
+    batches: int | None = None,
+) -> dict:
     from .train.data_setup import prepare_data
 
     run_dir, model_dir = locate(target)
@@ -126,14 +148,25 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
     t = recipe.train
     n_batches = batches or t.eval_batches
     unigram = run_unigram(run_dir, recipe_path, rd, tok_file, eval_only=bool(data))
-    base = evaluate(model, rd.eval, t.batch_size, n_batches, objective, recipe.run.seed, precision,
-                    unigram=unigram.log_probs())
+    base = evaluate(
+        model, rd.eval, t.batch_size, n_batches, objective, recipe.run.seed, precision, unigram=unigram.log_probs()
+    )
     if base["eval_tokens"] == 0:
-        raise UserError("the eval data yields no scored tokens", hint="Give more eval text (--data) or check the run's eval split.")
-    out = {"checkpoint": str(model_dir), "eval_loss": base["eval_loss"], "perplexity": math.exp(min(base["eval_loss"], 50)),
-           "accuracy": base["eval_accuracy"], "tokens": base["eval_tokens"],
-           **{k: base[k] for k in ("unigram_loss", "loss_below_unigram", "unigram_tokens",
-                                   "eval_loss_at_unigram_positions") if k in base}}
+        raise UserError(
+            "the eval data yields no scored tokens", hint="Give more eval text (--data) or check the run's eval split."
+        )
+    out = {
+        "checkpoint": str(model_dir),
+        "eval_loss": base["eval_loss"],
+        "perplexity": math.exp(min(base["eval_loss"], 50)),
+        "accuracy": base["eval_accuracy"],
+        "tokens": base["eval_tokens"],
+        **{
+            k: base[k]
+            for k in ("unigram_loss", "loss_below_unigram", "unigram_tokens", "eval_loss_at_unigram_positions")
+            if k in base
+        },
+    }
     if rd.warnings:
         out["warnings"] = rd.warnings
     if "eval_loss_by_denoiser" in base:
@@ -148,7 +181,9 @@ def run_eval(target: Path, data: list[str] | None = None, path_lengths: list[int
             losses = []
             for i in range(n_paths if k < L else 1):
                 layers = sample_subset(L, fixed, k, stream(recipe.run.seed, i, "eval_paths"))
-                r = evaluate(model, rd.eval, t.batch_size, n_batches, objective, recipe.run.seed, precision, layers=layers)
+                r = evaluate(
+                    model, rd.eval, t.batch_size, n_batches, objective, recipe.run.seed, precision, layers=layers
+                )
                 losses.append(r["eval_loss"])
             by_k[str(k)] = sum(losses) / len(losses)
         out["by_path_length"] = by_k

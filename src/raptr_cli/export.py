@@ -67,26 +67,31 @@ def export_hf(target: Path, out_dir: Path, overwrite: bool = False) -> Path:
     hf_config, tok_config = spec.export.configs(cfg, tok, specials)
     if tok.get_vocab_size() > cfg.vocab_size:
         raise UserError(
-            f"{tok_file} has {tok.get_vocab_size()} tokens but the model's vocab_size is "
-            f"{cfg.vocab_size}",
-            hint="Export with the tokenizer.json of the run the checkpoint came from.")
+            f"{tok_file} has {tok.get_vocab_size()} tokens but the model's vocab_size is {cfg.vocab_size}",
+            hint="Export with the tokenizer.json of the run the checkpoint came from.",
+        )
     ckpt.load_weights(model_dir, model)  # strict: a truncated or mismatched file is a UserError
 
     hf_config["torch_dtype"] = "float32"
     # Tensors are copied out (contiguous, fp32): HF loads fp32 and the logits match raptr's.
     drop = set(spec.export.tied_keys(cfg))
-    tensors = {k: v.detach().to(torch.float32).contiguous().clone()
-               for k, v in model.state_dict().items() if k not in drop}
+    tensors = {
+        k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items() if k not in drop
+    }
 
     with atomic_dir(out_dir, out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}") as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", hf_config)
         shutil.copyfile(tok_file, tmp / "tokenizer.json")
         _write_json(tmp / "tokenizer_config.json", tok_config)
-        _write_json(tmp / "special_tokens_map.json",
-                    {k: v for k, v in tok_config.items()  # not add_bos_token/add_eos_token
-                     if (k.endswith("_token") and not k.startswith("add_"))
-                     or k == "additional_special_tokens"})
+        _write_json(
+            tmp / "special_tokens_map.json",
+            {
+                k: v
+                for k, v in tok_config.items()  # not add_bos_token/add_eos_token
+                if (k.endswith("_token") and not k.startswith("add_")) or k == "additional_special_tokens"
+            },
+        )
     return out_dir
 
 
@@ -108,26 +113,30 @@ def _check_out_dir(out_dir: Path, sources: list[Path], overwrite: bool) -> None:
     for src in sources:
         s = src.resolve()
         if out == s or out in s.parents:
-            raise UserError(f"the export directory {out_dir} contains the model being exported ({src})",
-                            hint="Choose an OUT_DIR outside the run's final/ and checkpoints/, "
-                                 "e.g. runs/<name>-hf.")
+            raise UserError(
+                f"the export directory {out_dir} contains the model being exported ({src})",
+                hint="Choose an OUT_DIR outside the run's final/ and checkpoints/, e.g. runs/<name>-hf.",
+            )
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a directory",
-                        hint="Choose another OUT_DIR or remove that file.")
+        raise UserError(f"{out_dir} exists and is not a directory", hint="Choose another OUT_DIR or remove that file.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{out_dir} already exists and is not empty",
-                        hint="Pass --overwrite to replace its contents, or choose another OUT_DIR.")
+        raise UserError(
+            f"{out_dir} already exists and is not empty",
+            hint="Pass --overwrite to replace its contents, or choose another OUT_DIR.",
+        )
 
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
     try:
         conf = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {model_dir / 'config.json'} ({e})",
-                        hint="Is this a raptr run or checkpoint directory?") from None
+        raise UserError(
+            f"cannot read {model_dir / 'config.json'} ({e})", hint="Is this a raptr run or checkpoint directory?"
+        ) from None
     if not isinstance(conf, dict):
-        raise UserError(f"{model_dir / 'config.json'} is not a JSON object",
-                        hint="Is this a raptr run or checkpoint directory?")
+        raise UserError(
+            f"{model_dir / 'config.json'} is not a JSON object", hint="Is this a raptr run or checkpoint directory?"
+        )
     return conf
 
 
@@ -140,8 +149,10 @@ def _config(cls: type, conf: dict[str, Any], model_dir: Path) -> Any:
         e.message = f"{model_dir / 'config.json'}: {e.message}"
         raise
     except TypeError as e:  # a field of the wrong JSON type
-        raise UserError(f"{model_dir / 'config.json'} is not a valid {cls.__name__}: {e}",
-                        hint="Is this a raptr run or checkpoint directory?") from None
+        raise UserError(
+            f"{model_dir / 'config.json'} is not a valid {cls.__name__}: {e}",
+            hint="Is this a raptr run or checkpoint directory?",
+        ) from None
 
 
 def _tokenizer_file(run_dir: Path, model_dir: Path) -> Path:
@@ -149,9 +160,10 @@ def _tokenizer_file(run_dir: Path, model_dir: Path) -> Path:
     for p in (model_dir / "tokenizer.json", run_dir / "tokenizer.json"):
         if p.is_file():
             return p
-    raise UserError(f"no tokenizer.json in {model_dir} or {run_dir}",
-                    hint="Export from the run directory `raptr pretrain` wrote: the tokenizer is "
-                         "part of the exported model.")
+    raise UserError(
+        f"no tokenizer.json in {model_dir} or {run_dir}",
+        hint="Export from the run directory `raptr pretrain` wrote: the tokenizer is part of the exported model.",
+    )
 
 
 # --- writing -------------------------------------------------------------------------------------

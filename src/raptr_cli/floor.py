@@ -60,8 +60,9 @@ def special_id_list(specials: dict) -> list[int]:
 def count_tokens(rows: torch.Tensor, vocab_size: int, special_ids: list[int]) -> torch.Tensor:
     """Counts (vocab_size,) int64 of the non-special tokens in `rows` (-1 padding ignored)."""
     if hasattr(rows, "chunks"):  # a token store's blocks: counted a chunk at a time, never whole
-        return sum((count_tokens(c, vocab_size, special_ids) for c in rows.chunks()),
-                   torch.zeros(vocab_size, dtype=torch.long))
+        return sum(
+            (count_tokens(c, vocab_size, special_ids) for c in rows.chunks()), torch.zeros(vocab_size, dtype=torch.long)
+        )
     ids = rows.reshape(-1).long()
     ids = ids[(ids >= 0) & (ids < vocab_size)]
     counts = torch.bincount(ids, minlength=vocab_size)
@@ -79,7 +80,7 @@ def tokenizer_fingerprint(tok) -> str:
 def train_fingerprint(train: torch.Tensor) -> str:
     h = hashlib.sha256(repr(tuple(train.shape)).encode())
     # a token store's blocks chunk by chunk: the same digest as hashing the whole tensor
-    for t in (train.chunks() if hasattr(train, "chunks") else [train]):
+    for t in train.chunks() if hasattr(train, "chunks") else [train]:
         h.update(t.contiguous().to(torch.int32).numpy().tobytes())
     return h.hexdigest()[:24]
 
@@ -110,10 +111,16 @@ class Unigram:
         return logp
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "smoothing": SMOOTHING, "vocab_size": self.vocab_size,
-                "special_ids": self.special_ids, "train_sha256": self.train_sha,
-                "tokenizer_sha256": self.tokenizer_sha, "train_tokens": int(self.counts.sum()),
-                "counts": self.counts.tolist()}
+        return {
+            "format": FORMAT,
+            "smoothing": SMOOTHING,
+            "vocab_size": self.vocab_size,
+            "special_ids": self.special_ids,
+            "train_sha256": self.train_sha,
+            "tokenizer_sha256": self.tokenizer_sha,
+            "train_tokens": int(self.counts.sum()),
+            "counts": self.counts.tolist(),
+        }
 
     def save(self, out_dir: Path) -> Path:
         path = Path(out_dir) / CACHE_FILE
@@ -139,10 +146,15 @@ def load_cached(run_dir: Path, tok, specials: dict, train: torch.Tensor | None =
     except (OSError, ValueError):
         return None
     sp = special_id_list(specials)
-    if (not isinstance(d, dict) or d.get("format") != FORMAT or d.get("smoothing") != SMOOTHING
-            or d.get("vocab_size") != tok.get_vocab_size() or d.get("special_ids") != sp
-            or d.get("tokenizer_sha256") != tokenizer_fingerprint(tok)
-            or len(d.get("counts", ())) != tok.get_vocab_size()):
+    if (
+        not isinstance(d, dict)
+        or d.get("format") != FORMAT
+        or d.get("smoothing") != SMOOTHING
+        or d.get("vocab_size") != tok.get_vocab_size()
+        or d.get("special_ids") != sp
+        or d.get("tokenizer_sha256") != tokenizer_fingerprint(tok)
+        or len(d.get("counts", ())) != tok.get_vocab_size()
+    ):
         return None
     if train is not None and len(train) and d.get("train_sha256") != train_fingerprint(train):
         return None
@@ -173,10 +185,23 @@ def floor_warning(row: dict, margin: float = FLOOR_MARGIN) -> str | None:
     if below is None or floor is None or below >= margin:
         return None
     where = f"{below:.3f} nats below" if below >= 0 else f"{-below:.3f} nats above"
-    return (f"the final model is {where} the context-free floor (train-split unigram loss {floor:.4f} "
-            f"at the same positions; margin {margin} nats): it has learned little beyond word "
-            "frequencies, so its loss says little about quality. Train longer or with a better recipe.")
+    return (
+        f"the final model is {where} the context-free floor (train-split unigram loss {floor:.4f} "
+        f"at the same positions; margin {margin} nats): it has learned little beyond word "
+        "frequencies, so its loss says little about quality. Train longer or with a better recipe."
+    )
 
 
-__all__ = ["SMOOTHING", "FLOOR_MARGIN", "CACHE_FILE", "Unigram", "special_id_list", "count_tokens",
-           "fit", "load_cached", "for_run", "floor_fields", "floor_warning"]
+__all__ = [
+    "SMOOTHING",
+    "FLOOR_MARGIN",
+    "CACHE_FILE",
+    "Unigram",
+    "special_id_list",
+    "count_tokens",
+    "fit",
+    "load_cached",
+    "for_run",
+    "floor_fields",
+    "floor_warning",
+]

@@ -62,8 +62,9 @@ def train_flops_per_token(d: Dims, active_layers: float, head_fraction: float) -
     return 3 * (active_layers * layer_flops_per_token(d) + head_fraction * head_flops_per_token(d))
 
 
-def step_flops(d: Dims, n_active: int, n_tokens: int, n_head_tokens: int,
-               heads_fraction: float = 1.0, mlp_fraction: float = 1.0) -> float:
+def step_flops(
+    d: Dims, n_active: int, n_tokens: int, n_head_tokens: int, heads_fraction: float = 1.0, mlp_fraction: float = 1.0
+) -> float:
     """Training FLOPs of one optimizer step that ran `n_active` blocks (each at the stage's head and
     MLP fractions) over `n_tokens` tokens and the head over `n_head_tokens` positions (the exact
     masked count for MLM). For metrics.jsonl, and so for tflops_per_s and MFU: active FLOPs."""
@@ -91,8 +92,17 @@ def plan_flops(plan: Plan, d: Dims, tokens_per_step: int, head_fraction: float) 
         layer_tokens = plan.expected_layer_steps(st) * tokens_per_step
         flops_layers = 3 * layer_flops_per_token(d, st.heads_fraction, st.mlp_fraction) * layer_tokens
         flops = flops_layers + 3 * head_fraction * head * tokens
-        rows.append({"index": st.index, "steps": st.steps, "tokens": tokens, size: getattr(st, size),
-                     "expected": plan.is_random(st), "flops": flops, "flops_layers": flops_layers})
+        rows.append(
+            {
+                "index": st.index,
+                "steps": st.steps,
+                "tokens": tokens,
+                size: getattr(st, size),
+                "expected": plan.is_random(st),
+                "flops": flops,
+                "flops_layers": flops_layers,
+            }
+        )
     n_tokens = plan.total_steps * tokens_per_step
     total = sum(r["flops"] for r in rows)
     total_layers = sum(r["flops_layers"] for r in rows)
@@ -105,6 +115,10 @@ def plan_flops(plan: Plan, d: Dims, tokens_per_step: int, head_fraction: float) 
         "baseline_flops": baseline,
         "ratio": total / baseline,
         "speedup": baseline / total,
-        "layers_only": {"total": total_layers, "baseline": baseline_layers,
-                        "ratio": total_layers / baseline_layers, "speedup": baseline_layers / total_layers},
+        "layers_only": {
+            "total": total_layers,
+            "baseline": baseline_layers,
+            "ratio": total_layers / baseline_layers,
+            "speedup": baseline_layers / total_layers,
+        },
     }

@@ -26,8 +26,10 @@ def recipe_vocab_size(recipe: Recipe) -> int:
     try:
         vocab = json.loads(path.read_text())["model"]["vocab"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"tokenizer.path: cannot read a vocabulary from {path} ({e})",
-                        hint="Point it at a tokenizers tokenizer.json.") from None
+        raise UserError(
+            f"tokenizer.path: cannot read a vocabulary from {path} ({e})",
+            hint="Point it at a tokenizers tokenizer.json.",
+        ) from None
     return len(vocab)
 
 
@@ -51,8 +53,7 @@ def env_flag(name: str, default: str = "false") -> bool:
     return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
 
 
-STRATEGIES = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "HYBRID_SHARD",
-              "5": "HYBRID_SHARD_ZERO2"}
+STRATEGIES = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "HYBRID_SHARD", "5": "HYBRID_SHARD_ZERO2"}
 
 
 def fsdp_options() -> dict:
@@ -65,16 +66,20 @@ def fsdp_options() -> dict:
         strategy, reshard_env = reshard_env, ""
     problems = []
     if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP"):
-        problems.append(f"sharding strategy {strategy} (raptr supports FULL_SHARD and SHARD_GRAD_OP; "
-                        "for no sharding launch with --multi_gpu instead)")
+        problems.append(
+            f"sharding strategy {strategy} (raptr supports FULL_SHARD and SHARD_GRAD_OP; "
+            "for no sharding launch with --multi_gpu instead)"
+        )
     if env_flag("FSDP_OFFLOAD_PARAMS"):
         problems.append("parameter offloading to CPU (fsdp_offload_params)")
     if env_flag("FSDP_ACTIVATION_CHECKPOINTING"):
         problems.append("activation checkpointing (fsdp_activation_checkpointing)")
     if problems:
-        raise UserError("the accelerate FSDP configuration asks for what raptr does not support",
-                        hint="Change these settings in `accelerate config` (or the launch flags) and "
-                             "launch again.", problems=problems)
+        raise UserError(
+            "the accelerate FSDP configuration asks for what raptr does not support",
+            hint="Change these settings in `accelerate config` (or the launch flags) and launch again.",
+            problems=problems,
+        )
     reshard = strategy == "FULL_SHARD"
     if reshard_env and strategy == "FULL_SHARD":
         reshard = env_flag("FSDP_RESHARD_AFTER_FORWARD", "true")
@@ -129,9 +134,15 @@ def memory_estimate(recipe: Recipe, cfg, params: int, bf16: bool, layout: dict =
         state_bytes = 16 * params
         transient = 4 * params if n > 1 else 0.0
     gib = 1024**3
-    return {"weights_optimizer_gib": state_bytes / gib, "activations_gib": act_bytes / gib,
-            "total_gib": (state_bytes + max(act_bytes, transient)) / gib, "processes": n, "sharded": sharded,
-            "micro_batch": micro, "precision": "bf16" if bf16 else "fp32"}
+    return {
+        "weights_optimizer_gib": state_bytes / gib,
+        "activations_gib": act_bytes / gib,
+        "total_gib": (state_bytes + max(act_bytes, transient)) / gib,
+        "processes": n,
+        "sharded": sharded,
+        "micro_batch": micro,
+        "precision": "bf16" if bf16 else "fp32",
+    }
 
 
 # Host bytes per token of the global batch while it is built (every process builds all of it, then
@@ -173,8 +184,13 @@ def _divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def check_memory(recipe: Recipe, layout: dict = SINGLE, precision: str = "fp32",
-                 device: tuple[float, str] | None = None, host: tuple[float, str] | None = None) -> None:
+def check_memory(
+    recipe: Recipe,
+    layout: dict = SINGLE,
+    precision: str = "fp32",
+    device: tuple[float, str] | None = None,
+    host: tuple[float, str] | None = None,
+) -> None:
     """Refuse (UserError) a run whose memory_estimate exceeds `device` (device_memory(): where the
     model state and activations live) or whose global batch exceeds `host` (host_memory(): the
     RAM batches are built in; on CPU the same memory, so both add up), naming the estimate, the
@@ -193,8 +209,9 @@ def check_memory(recipe: Recipe, layout: dict = SINGLE, precision: str = "fp32",
     extra = batch_gib if on_host else 0.0
 
     def need(micro: int) -> dict:
-        return memory_estimate(dataclasses.replace(recipe, train=dataclasses.replace(t, micro_batch_size=micro)),
-                               cfg, params, bf16, layout)
+        return memory_estimate(
+            dataclasses.replace(recipe, train=dataclasses.replace(t, micro_batch_size=micro)), cfg, params, bf16, layout
+        )
 
     mem = need(t.micro_batch_size)
     host_short = not on_host and batch_gib > host[0]
@@ -206,23 +223,30 @@ def check_memory(recipe: Recipe, layout: dict = SINGLE, precision: str = "fp32",
         raise UserError(
             f"one batch of train.batch_size = {t.batch_size} x train.seq_len = {t.seq_len} takes ~{_size(batch_gib)} "
             f"of host memory to build, but {where[1]} has {_size(where[0])}",
-            hint=f"Lower train.batch_size (--set train.batch_size=N); {override}.")
+            hint=f"Lower train.batch_size (--set train.batch_size=N); {override}.",
+        )
     # the suggestion keeps 10% headroom for what the estimate leaves out (allocator slack, CUDA
     # context, kernel workspaces); micro-batches divide this process's share of the batch
     per_rank = max(1, t.batch_size // layout["processes"])
     fits = next((m for m in reversed(_divisors(per_rank)) if need(m)["total_gib"] + extra <= 0.9 * device[0]), None)
     if fits is not None:
-        fix = (f"Use --set train.micro_batch_size={fits} (gradient accumulation: the same optimizer step in "
-               "smaller forward/backward chunks)")
+        fix = (
+            f"Use --set train.micro_batch_size={fits} (gradient accumulation: the same optimizer step in "
+            "smaller forward/backward chunks)"
+        )
     else:
-        fix = ("No micro-batch fits, not even 1 sequence per forward/backward: choose a smaller model"
-               + ("" if layout["sharded"] else " or shard it over GPUs (accelerate launch --use_fsdp)"))
+        fix = "No micro-batch fits, not even 1 sequence per forward/backward: choose a smaller model" + (
+            "" if layout["sharded"] else " or shard it over GPUs (accelerate launch --use_fsdp)"
+        )
     raise UserError(
         f"the run needs ~{_size(mem['total_gib'] + extra)}{_layout_note(mem)} but {device[1]} has {_size(device[0])}",
-        problems=[f"model state and AdamW moments: {_size(mem['weights_optimizer_gib'])}",
-                  f"activations of a micro-batch of {mem['micro_batch']} sequences: {_size(mem['activations_gib'])}"]
-                 + ([f"building the batch on the host: {_size(batch_gib)}"] if on_host else []),
-        hint=f"{fix}; {override}.")
+        problems=[
+            f"model state and AdamW moments: {_size(mem['weights_optimizer_gib'])}",
+            f"activations of a micro-batch of {mem['micro_batch']} sequences: {_size(mem['activations_gib'])}",
+        ]
+        + ([f"building the batch on the host: {_size(batch_gib)}"] if on_host else []),
+        hint=f"{fix}; {override}.",
+    )
 
 
 def _size(gib: float) -> str:
@@ -236,44 +260,72 @@ def _layout_note(mem: dict) -> str:
     return f" ({mem['precision']}" + (f", per process of {n}" if n > 1 else "") + ")"
 
 
-def describe_run(recipe: Recipe, vocab_size: int | None = None, meta_model: bool = False,
-                 layout: dict = SINGLE, precision: str | None = None) -> dict:
+def describe_run(
+    recipe: Recipe,
+    vocab_size: int | None = None,
+    meta_model: bool = False,
+    layout: dict = SINGLE,
+    precision: str | None = None,
+) -> dict:
     """Everything a user should know before spending compute, as a JSON-able dict. The memory
     figure is per process of `layout` (launch_layout(), or the trainer's) at `precision` (the
     recipe's when None, "auto" counted as fp32 without a device to resolve it)."""
     vocab = vocab_size or recipe_vocab_size(recipe)
     cfg = resolve_model_config(recipe.model, vocab, recipe.train.seq_len)
     t = recipe.train
-    plan = build_plan(recipe.schedule, cfg.num_layers, t.steps, recipe.tokens_per_step, recipe.run.seed,
-                      (cfg.num_heads, cfg.intermediate_size))
+    plan = build_plan(
+        recipe.schedule,
+        cfg.num_layers,
+        t.steps,
+        recipe.tokens_per_step,
+        recipe.run.seed,
+        (cfg.num_heads, cfg.intermediate_size),
+    )
     pc = param_count(cfg)
     if meta_model:  # build for real on the meta device: catches config errors the formula cannot
         import torch
 
         from .models import build_model
+
         with torch.device("meta"):
             model = build_model(cfg)
         pc["total"] = sum(p.numel() for p in model.parameters())  # parameters() dedups tied weights
     fl = plan_flops(plan, model_dims(cfg, t.seq_len), recipe.tokens_per_step, head_fraction(recipe))
     stages = describe(plan)
     for row, f in zip(stages, fl["stages"]):
-        row.update(tokens=f["tokens"], flops=f["flops"], flops_layers=f["flops_layers"],
-                   share=f["flops"] / fl["total_flops"])
+        row.update(
+            tokens=f["tokens"], flops=f["flops"], flops_layers=f["flops_layers"], share=f["flops"] / fl["total_flops"]
+        )
     return {
-        "run": recipe.run.name, "method": plan.method, "arch": recipe.model.arch,
-        "model": {"n_layers": cfg.num_layers, "hidden_size": cfg.hidden_size, "num_heads": cfg.num_heads,
-                  "intermediate_size": cfg.intermediate_size, "vocab_size": vocab,
-                  "norm": getattr(cfg, "norm", "pre-rms")},
+        "run": recipe.run.name,
+        "method": plan.method,
+        "arch": recipe.model.arch,
+        "model": {
+            "n_layers": cfg.num_layers,
+            "hidden_size": cfg.hidden_size,
+            "num_heads": cfg.num_heads,
+            "intermediate_size": cfg.intermediate_size,
+            "vocab_size": vocab,
+            "norm": getattr(cfg, "norm", "pre-rms"),
+        },
         "head_fraction": head_fraction(recipe),
-        "params": pc["total"], "params_non_embedding": pc["non_embedding"],
-        "steps": t.steps, "batch_size": t.batch_size, "seq_len": t.seq_len,
+        "params": pc["total"],
+        "params_non_embedding": pc["non_embedding"],
+        "steps": t.steps,
+        "batch_size": t.batch_size,
+        "seq_len": t.seq_len,
         "tokens": t.steps * recipe.tokens_per_step,
         "flops_per_token_full": fl["flops_per_token_full"],
         "stages": stages,
-        "total_flops": fl["total_flops"], "baseline_flops": fl["baseline_flops"],
-        "ratio": fl["ratio"], "speedup": fl["speedup"], "layers_only": fl["layers_only"],
+        "total_flops": fl["total_flops"],
+        "baseline_flops": fl["baseline_flops"],
+        "ratio": fl["ratio"],
+        "speedup": fl["speedup"],
+        "layers_only": fl["layers_only"],
         "memory": memory_estimate(recipe, cfg, pc["total"], (precision or t.precision) == "bf16", layout),
-        "fixed_layers": plan.fixed, "sampler": plan.sampler, "scale": plan.scale,
+        "fixed_layers": plan.fixed,
+        "sampler": plan.sampler,
+        "scale": plan.scale,
         "schedule_notes": plan.notes(),
         "warnings": list(recipe.warnings),
     }

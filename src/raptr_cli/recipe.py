@@ -255,8 +255,10 @@ def _check_ranges(r: Recipe) -> list[str]:
 
     # the name becomes a directory (runs/<name>, compare's OUT/<name>): one component, never a path
     if not _RUN_NAME.fullmatch(r.run.name) or r.run.name in (".", ".."):
-        p.append(f"run.name = {r.run.name!r}: must be one path component of letters, digits and ._- "
-                 "(not empty, '.' or '..'), like \"bert-tiny-raptr\"")
+        p.append(
+            f"run.name = {r.run.name!r}: must be one path component of letters, digits and ._- "
+            "(not empty, '.' or '..'), like \"bert-tiny-raptr\""
+        )
     t, o = r.train, r.optim
     positive("train.steps", t.steps)
     positive("train.batch_size", t.batch_size)
@@ -276,8 +278,13 @@ def _check_ranges(r: Recipe) -> list[str]:
     positive("optim.eps", o.eps)
     positive("optim.grad_clip", o.grad_clip, allow_zero=True)
     positive("optim.warmup_steps", o.warmup_steps, allow_zero=True)
-    for key, v in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2), ("optim.min_lr_ratio", o.min_lr_ratio),
-                   ("optim.warmup_fraction", o.warmup_fraction), ("data.eval_fraction", r.data.eval_fraction)):
+    for key, v in (
+        ("optim.beta1", o.beta1),
+        ("optim.beta2", o.beta2),
+        ("optim.min_lr_ratio", o.min_lr_ratio),
+        ("optim.warmup_fraction", o.warmup_fraction),
+        ("data.eval_fraction", r.data.eval_fraction),
+    ):
         if not 0 <= v < 1 and not (key == "optim.min_lr_ratio" and v == 1):
             p.append(f"{key} = {v}: must be in [0, 1)")
     if o.warmup_steps is not None and o.warmup_steps > t.steps:
@@ -301,7 +308,9 @@ def _check_ranges(r: Recipe) -> list[str]:
     if r.tokenizer.vocab_size > MAX_VOCAB_SIZE:
         p.append(f"tokenizer.vocab_size = {r.tokenizer.vocab_size}: must be at most {MAX_VOCAB_SIZE:,} (2**20)")
     if r.tokenizer.train_sample_bytes < 0:
-        p.append(f"tokenizer.train_sample_bytes = {r.tokenizer.train_sample_bytes}: must be >= 0 (0 = the whole corpus)")
+        p.append(
+            f"tokenizer.train_sample_bytes = {r.tokenizer.train_sample_bytes}: must be >= 0 (0 = the whole corpus)"
+        )
     return p
 
 
@@ -341,15 +350,21 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read RECIPE.toml (strict) and apply overrides; relative data paths resolve against its folder."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"recipe file not found: {path}", hint="Pass the path of a .toml recipe, e.g. recipes/bert-tiny-raptr.toml.")
+        raise UserError(
+            f"recipe file not found: {path}", hint="Pass the path of a .toml recipe, e.g. recipes/bert-tiny-raptr.toml."
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid TOML: {e}", hint="Check the line it names (strings need quotes).") from None
+        raise UserError(
+            f"{path} is not valid TOML: {e}", hint="Check the line it names (strings need quotes)."
+        ) from None
     if not data:  # an empty file (or comments only) would silently train the full default run
-        raise UserError(f"{path}: the recipe is empty",
-                        hint="Start from a bundled recipe (recipes/bert-tiny-raptr.toml); "
-                             "`raptr recipe show RECIPE` prints one with every key.")
+        raise UserError(
+            f"{path}: the recipe is empty",
+            hint="Start from a bundled recipe (recipes/bert-tiny-raptr.toml); "
+            "`raptr recipe show RECIPE` prints one with every key.",
+        )
     return parse_recipe(data, overrides, base_dir=path.resolve().parent)
 
 
@@ -379,5 +394,8 @@ def recipe_differences(a: dict, b: dict, ignore: tuple[str, ...] = TRAJECTORY_FR
     """Dotted keys whose values differ between two resolved recipes (parsed recipe.toml text), each
     with (value in a, value in b), sorted; keys starting with a prefix in `ignore` are left out."""
     fa, fb = _flat(a), _flat(b)
-    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
-            if fa.get(k) != fb.get(k) and not k.startswith(ignore)}
+    return {
+        k: (fa.get(k), fb.get(k))
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k) != fb.get(k) and not k.startswith(ignore)
+    }

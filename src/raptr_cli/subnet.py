@@ -31,8 +31,7 @@ class Subnet:
     @property
     def full(self) -> bool:
         """True when this is the whole model at scale 1 (what evaluation runs)."""
-        return (self.layers is None and not self.narrow
-                and (self.scales is None or all(s == 1.0 for s in self.scales)))
+        return self.layers is None and not self.narrow and (self.scales is None or all(s == 1.0 for s in self.scales))
 
 
 FULL = Subnet()

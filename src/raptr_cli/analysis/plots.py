@@ -39,7 +39,7 @@ def plot_polynomial(result: dict, path: Path) -> Path | None:
         ax.set_title(title, fontsize=9)
         ax.set_yscale("log")
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel("training FLOPs", fontsize=9)

@@ -107,12 +107,14 @@ class ResMLP(nn.Module):
         self.inp = nn.Linear(n, width)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(width), nn.Linear(width, ffn), nn.ReLU(), nn.Linear(ffn, width))
-            for _ in range(n_blocks))
+            for _ in range(n_blocks)
+        )
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, 1)
 
-    def forward(self, x: torch.Tensor, layers: list[int] | None = None,
-                scales: list[float] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, layers: list[int] | None = None, scales: list[float] | None = None
+    ) -> torch.Tensor:
         h = self.inp(x)  # (B, width)
         order = range(len(self.blocks)) if layers is None else layers
         for j, i in enumerate(order):  # a block not listed is not executed (identity)
@@ -153,15 +155,25 @@ def plans(cfg: ToyConfig, seed: int) -> dict[str, Plan]:
     while layer_steps(_plan(_sched("pld", cfg, cfg.steps, hi), cfg, cfg.steps, seed)) > budget:
         hi *= 2
         if hi > 1e6:
-            raise UserError(f"pld cannot be as cheap as raptr {cfg.path_lengths}: pld_theta_bar = "
-                            f"{cfg.pld_theta_bar} keeps too many blocks", hint="Lower pld_theta_bar.")
+            raise UserError(
+                f"pld cannot be as cheap as raptr {cfg.path_lengths}: pld_theta_bar = "
+                f"{cfg.pld_theta_bar} keeps too many blocks",
+                hint="Lower pld_theta_bar.",
+            )
     for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if layer_steps(_plan(_sched("pld", cfg, cfg.steps, mid), cfg, cfg.steps, seed)) > budget else (lo, mid)
+        lo, hi = (
+            (mid, hi)
+            if layer_steps(_plan(_sched("pld", cfg, cfg.steps, mid), cfg, cfg.steps, seed)) > budget
+            else (lo, mid)
+        )
     base_steps = max(1, round(budget / cfg.n_blocks))
-    return {"baseline": _plan(_sched("baseline", cfg, base_steps), cfg, base_steps, seed), "raptr": raptr,
-            "shrink": _plan(_sched("shrink", cfg, cfg.steps), cfg, cfg.steps, seed),
-            "pld": _plan(_sched("pld", cfg, cfg.steps, hi), cfg, cfg.steps, seed)}
+    return {
+        "baseline": _plan(_sched("baseline", cfg, base_steps), cfg, base_steps, seed),
+        "raptr": raptr,
+        "shrink": _plan(_sched("shrink", cfg, cfg.steps), cfg, cfg.steps, seed),
+        "pld": _plan(_sched("pld", cfg, cfg.steps, hi), cfg, cfg.steps, seed),
+    }
 
 
 def train_one(plan: Plan, cfg: ToyConfig, seed: int, x_all: torch.Tensor, y_all: torch.Tensor) -> list[dict]:
@@ -219,13 +231,27 @@ def run_polynomial(cfg: ToyConfig, seeds: list[int], progress=None) -> dict:
         for method, plan in plans(cfg, seed).items():
             t = time.perf_counter()
             curve = train_one(plan, cfg, seed, x_all, y_all)
-            runs.append({"method": method, "seed": seed, "steps": plan.total_steps,
-                         "pld_gamma": plan.pld_gamma if method == "pld" else None,
-                         "flops": curve[-1]["flops"], "wall_s": round(time.perf_counter() - t, 2), "curve": curve})
+            runs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "steps": plan.total_steps,
+                    "pld_gamma": plan.pld_gamma if method == "pld" else None,
+                    "flops": curve[-1]["flops"],
+                    "wall_s": round(time.perf_counter() - t, 2),
+                    "curve": curve,
+                }
+            )
             if progress:
                 progress(runs[-1])
-    return {"config": asdict(cfg), "seeds": seeds, "target": f"staircase of parities, degrees 1..{cfg.degree}",
-            "runs": runs, "summary": summarize(runs, cfg), "wall_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "config": asdict(cfg),
+        "seeds": seeds,
+        "target": f"staircase of parities, degrees 1..{cfg.degree}",
+        "runs": runs,
+        "summary": summarize(runs, cfg),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def summarize(runs: list[dict], cfg: ToyConfig) -> list[dict]:
@@ -238,28 +264,51 @@ def summarize(runs: list[dict], cfg: ToyConfig) -> list[dict]:
             continue
         ends = [r["curve"][-1]["by_degree"] for r in mine]
         final = [sum(e[k] for e in ends) / len(ends) for k in range(1, cfg.degree + 1)]
-        other = sum(e[0] + sum(e[cfg.degree + 1:]) for e in ends) / len(ends)
+        other = sum(e[0] + sum(e[cfg.degree + 1 :]) for e in ends) / len(ends)
         learned = []
         for k in range(1, cfg.degree + 1):
             hits = [next((c["flops"] for c in r["curve"] if c["by_degree"][k] < 0.1), None) for r in mine]
             learned.append(None if None in hits else sum(hits) / len(hits))
-        out.append({"method": m, "steps": mine[0]["steps"], "flops": sum(r["flops"] for r in mine) / len(mine),
-                    "final_total": sum(r["curve"][-1]["total"] for r in mine) / len(mine),
-                    "final_by_degree": final, "final_other": other,
-                    "learned_at_flops": learned})
+        out.append(
+            {
+                "method": m,
+                "steps": mine[0]["steps"],
+                "flops": sum(r["flops"] for r in mine) / len(mine),
+                "final_total": sum(r["curve"][-1]["total"] for r in mine) / len(mine),
+                "final_by_degree": final,
+                "final_other": other,
+                "learned_at_flops": learned,
+            }
+        )
     return out
 
 
 def table(result: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows): per method, steps, FLOPs, final total and per-degree errors (mean over seeds)."""
     D = result["config"]["degree"]
-    header = ["method", "steps", "FLOPs", "total", *[f"deg {k}" for k in range(1, D + 1)], "other",
-              "degrees learned (err < 0.1)"]
+    header = [
+        "method",
+        "steps",
+        "FLOPs",
+        "total",
+        *[f"deg {k}" for k in range(1, D + 1)],
+        "other",
+        "degrees learned (err < 0.1)",
+    ]
     rows = []
     for s in result["summary"]:
         learned = [str(k + 1) for k, f in enumerate(s["learned_at_flops"]) if f is not None]
-        rows.append([s["method"], str(s["steps"]), f"{s['flops']:.3g}", f"{s['final_total']:.4f}",
-                     *[f"{e:.4f}" for e in s["final_by_degree"]], f"{s['final_other']:.4f}", ",".join(learned) or "-"])
+        rows.append(
+            [
+                s["method"],
+                str(s["steps"]),
+                f"{s['flops']:.3g}",
+                f"{s['final_total']:.4f}",
+                *[f"{e:.4f}" for e in s["final_by_degree"]],
+                f"{s['final_other']:.4f}",
+                ",".join(learned) or "-",
+            ]
+        )
     return header, rows
 
 
@@ -270,9 +319,14 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "polynomial.json").write_text(json.dumps(result, indent=1))
     header, rows = table(result)
-    md = [f"# polynomial toy: {result['target']}", "",
-          f"Final full-network population MSE per degree (mean over seeds {result['seeds']}); equal FLOPs.", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md = [
+        f"# polynomial toy: {result['target']}",
+        "",
+        f"Final full-network population MSE per degree (mean over seeds {result['seeds']}); equal FLOPs.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     (out / "polynomial.md").write_text("\n".join(md) + "\n")
     files = [out / "polynomial.json", out / "polynomial.md"]

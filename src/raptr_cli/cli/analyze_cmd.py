@@ -12,8 +12,9 @@ import typer
 from .boundary import guarded
 from .options import JsonOpt
 
-app = typer.Typer(help="The paper's analyses: stability across depth, the polynomial toy (docs/analyses.md).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The paper's analyses: stability across depth, the polynomial toy (docs/analyses.md).", no_args_is_help=True
+)
 
 STABILITY_HELP = """Stability of trained runs: full-model loss, mean loss of random paths of L-1, L-2, ...
 blocks (fixed layers on; the same paths as `raptr eval --path-lengths`), the gap, and the loss jumps
@@ -50,20 +51,31 @@ def _ints(flag: str, text: str, minimum: int = 0) -> list[int]:
     except ValueError:
         vals = []
     if not vals or min(vals) < minimum or len(set(vals)) != len(vals):
-        raise UserError(f"{flag} {text!r}: expected distinct integers >= {minimum}, comma-separated",
-                        hint=f"For example {flag} 0,1.")
+        raise UserError(
+            f"{flag} {text!r}: expected distinct integers >= {minimum}, comma-separated",
+            hint=f"For example {flag} 0,1.",
+        )
     return vals
 
 
 @app.command("stability", help=STABILITY_HELP)
 @guarded
 def stability(
-    runs: Annotated[list[Path] | None, typer.Argument(help="Run directories (or checkpoints).", metavar="RUN...")] = None,
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Run directories (or checkpoints).", metavar="RUN...")
+    ] = None,
     sweep: Annotated[str | None, typer.Option("--sweep", help="Train tiny models first: depth=4,8,16.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep directory (default runs/stability).")] = None,
-    variants: Annotated[str, typer.Option("--variants", help="Sweep variants: post, pre, none, post-nores.")] = "post,pre,none,post-nores",
+    variants: Annotated[
+        str, typer.Option("--variants", help="Sweep variants: post, pre, none, post-nores.")
+    ] = "post,pre,none,post-nores",
     steps: Annotated[int, typer.Option("--steps", help="Sweep: training steps per model.")] = 150,
-    data: Annotated[list[str] | None, typer.Option("--data", help="Sweep: train on these files/globs or builtin:shakespeare (default: a generated corpus).")] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data", help="Sweep: train on these files/globs or builtin:shakespeare (default: a generated corpus)."
+        ),
+    ] = None,
     drops: Annotated[str, typer.Option("--drops", help="Path lengths L-d to score, as d values.")] = "1,2",
     n_paths: Annotated[int, typer.Option("--paths", help="Random paths averaged per path length.")] = 4,
     batches: Annotated[int | None, typer.Option("--batches", help="Eval batches (default: the recipe's).")] = None,
@@ -133,8 +145,12 @@ def _train(recipe: Path, run_dir: Path, say) -> None:
 @guarded
 def polynomial(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default runs/polynomial).")] = None,
-    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds (paired: same init and data per seed).")] = "0,1",
-    steps: Annotated[int, typer.Option("--steps", help="Steps of the subnetwork methods (the baseline gets equal FLOPs).")] = 400,
+    seeds: Annotated[
+        str, typer.Option("--seeds", help="Comma-separated seeds (paired: same init and data per seed).")
+    ] = "0,1",
+    steps: Annotated[
+        int, typer.Option("--steps", help="Steps of the subnetwork methods (the baseline gets equal FLOPs).")
+    ] = 400,
     degree: Annotated[int, typer.Option("--degree", help="Highest degree D of the target.")] = 6,
     json_out: JsonOpt = False,
 ) -> None:
@@ -150,8 +166,13 @@ def polynomial(
     import torch
 
     torch.set_num_threads(1)  # a 64-wide MLP gains nothing from threads; spin-waiting costs (see --sweep)
-    result = run_polynomial(cfg, seed_list, progress=lambda r: say(
-        f"{r['method']:>8} seed {r['seed']}: {r['steps']} steps, final MSE {r['curve'][-1]['total']:.4f} ({r['wall_s']:.1f} s)"))
+    result = run_polynomial(
+        cfg,
+        seed_list,
+        progress=lambda r: say(
+            f"{r['method']:>8} seed {r['seed']}: {r['steps']} steps, final MSE {r['curve'][-1]['total']:.4f} ({r['wall_s']:.1f} s)"
+        ),
+    )
     files = write_outputs(result, out)
     if json_out:
         typer.echo(json.dumps(result, indent=2))

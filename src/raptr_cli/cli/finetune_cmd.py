@@ -17,11 +17,13 @@ def _help() -> str:
     from ..finetune.config import FinetuneConfig
 
     keys = "\n".join(f"  {k}: {' '.join(v.split())}" for k, v in field_docs(FinetuneConfig).items())
-    task = ("TASK: train=PATH,dev=PATH (GLUE-format .tsv with a header: sentence or sentence1/sentence2, "
-            "and label; or .csv/.jsonl with those columns), a directory with train.* and dev.*, a built-in "
-            "task (builtin:shakespeare-genre: passage -> comedy/history/tragedy, 1792 train / 576 dev "
-            "examples from held-out plays, chance 33.3%), or a hub dataset when online (glue/rte, "
-            "owner/name[:config]).")
+    task = (
+        "TASK: train=PATH,dev=PATH (GLUE-format .tsv with a header: sentence or sentence1/sentence2, "
+        "and label; or .csv/.jsonl with those columns), a directory with train.* and dev.*, a built-in "
+        "task (builtin:shakespeare-genre: passage -> comedy/history/tragedy, 1792 train / 576 dev "
+        "examples from held-out plays, chance 33.3%), or a hub dataset when online (glue/rte, "
+        "owner/name[:config])."
+    )
     return f"""Fine-tune a run's model (final/ or any checkpoint) on a classification or regression
 task and report dev accuracy, macro-F1 and MCC (Pearson/Spearman for regression) per seed and
 mean +- std. --from-scratch also fine-tunes the same architecture from random init and reports
@@ -60,16 +62,32 @@ def _seeds(text: str) -> list[int]:
 
 
 def finetune(
-    target: Annotated[Path, typer.Argument(help="Run directory (final/) or checkpoint directory.",
-                                           metavar="RUN_OR_CHECKPOINT")],
-    task: Annotated[str, typer.Option("--task", "-t", help="train=PATH,dev=PATH, a task directory, "
-                                      "builtin:shakespeare-genre, or a hub name (glue/rte).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: RUN/finetune/TASK/<final|step-N>).")] = None,
+    target: Annotated[
+        Path, typer.Argument(help="Run directory (final/) or checkpoint directory.", metavar="RUN_OR_CHECKPOINT")
+    ],
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            "-t",
+            help="train=PATH,dev=PATH, a task directory, builtin:shakespeare-genre, or a hub name (glue/rte).",
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default: RUN/finetune/TASK/<final|step-N>).")
+    ] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Fine-tuning seeds, comma-separated.")] = "0,1,2",
-    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="finetune.KEY=VALUE",
-                                                           help="Override a fine-tuning setting; repeatable.")] = None,
-    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Also fine-tune the same architecture from "
-                                               "random init, and report the pretraining gain.")] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", metavar="finetune.KEY=VALUE", help="Override a fine-tuning setting; repeatable."),
+    ] = None,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="Also fine-tune the same architecture from random init, and report the pretraining gain.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     from ..finetune.config import load_finetune_config
@@ -99,9 +117,16 @@ class _Bar:
 
         console = console or Console(stderr=True, highlight=False, soft_wrap=True)  # stdout stays for --json
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
 
     def __enter__(self):
         self.progress.start()
@@ -140,8 +165,14 @@ def _report(c, doc: dict) -> None:
             steps = str(r["steps"]) if r["best_step"] == r["steps"] else f"{r['best_step']}/{r['steps']}"
             table.add_row(init, str(r["seed"]), *(f"{r[m]:.3f}" for m in names), steps, f"{r['seconds']:.0f} s")
         agg = doc[init]
-        table.add_row(f"[bold]{init}[/]", "mean", *(f"[bold]{agg['mean'][m]:.3f}[/] ± {agg['std'][m]:.3f}" for m in names),
-                      "", "", end_section=True)
+        table.add_row(
+            f"[bold]{init}[/]",
+            "mean",
+            *(f"[bold]{agg['mean'][m]:.3f}[/] ± {agg['std'][m]:.3f}" for m in names),
+            "",
+            "",
+            end_section=True,
+        )
     if "gain" in doc:
         table.add_row("[bold]pretraining gain[/]", "", *(f"[bold]{doc['gain'][m]:+.3f}[/]" for m in names), "", "")
     c.print(table)

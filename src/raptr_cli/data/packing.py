@@ -63,7 +63,7 @@ def _tokenize(documents: Sequence[str], tokenizer: Tokenizer) -> list[np.ndarray
     tok.no_padding()
     out: list[np.ndarray] = []
     for i in range(0, len(documents), ENCODE_BATCH):
-        encs = tok.encode_batch(list(documents[i:i + ENCODE_BATCH]), add_special_tokens=False)
+        encs = tok.encode_batch(list(documents[i : i + ENCODE_BATCH]), add_special_tokens=False)
         out += [np.asarray(e.ids, dtype=np.int32) for e in encs]
     return out
 
@@ -89,7 +89,7 @@ def _pack(token_lists: list[np.ndarray], seq_len: int, cls_id: int, sep_id: int)
 
 
 EXAMPLE_PAD = -1  # marks the unused tail of an example row (layout "examples")
-MIN_EXAMPLE = 8   # a document tail shorter than this is dropped (too short to denoise)
+MIN_EXAMPLE = 8  # a document tail shorter than this is dropped (too short to denoise)
 
 
 def _chunk(token_lists: list[np.ndarray], length: int) -> torch.Tensor:
@@ -98,10 +98,10 @@ def _chunk(token_lists: list[np.ndarray], length: int) -> torch.Tensor:
     rows: list[np.ndarray] = []
     for ids in token_lists:
         for lo in range(0, len(ids), length):
-            piece = ids[lo:lo + length]
+            piece = ids[lo : lo + length]
             if len(piece) >= MIN_EXAMPLE:
                 row = np.full(length, EXAMPLE_PAD, dtype=np.int32)
-                row[:len(piece)] = piece
+                row[: len(piece)] = piece
                 rows.append(row)
     return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, length), dtype=np.int32))
 
@@ -180,7 +180,9 @@ def _held_out_count(n: int, eval_fraction: float, unit: str, how: str, hint: str
 def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, eval) block numbers of `split_blocks`, each sorted (int64): the split without the
     blocks, for a token store that gathers rows on demand."""
-    n_eval = _held_out_count(n, eval_fraction, "blocks", "", "Add data, lower the eval fraction, or give a separate `data.eval`.")
+    n_eval = _held_out_count(
+        n, eval_fraction, "blocks", "", "Add data, lower the eval fraction, or give a separate `data.eval`."
+    )
     gen = torch.Generator().manual_seed(seed_for("holdout", seed))
     perm = torch.randperm(n, generator=gen)
     eval_idx, _ = perm[:n_eval].sort()
@@ -188,9 +190,7 @@ def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[torch.Tensor
     return train_idx, eval_idx
 
 
-def split_blocks(
-    blocks: torch.Tensor, eval_fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def split_blocks(blocks: torch.Tensor, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Hold out round(N * eval_fraction) random blocks (at least 1 when the fraction is > 0).
 
     Deterministic in (seed, N); both parts keep the original block order.
@@ -201,22 +201,23 @@ def split_blocks(
 
 def held_out_documents(n: int, eval_fraction: float, seed: int) -> set[int]:
     """The indices of the documents `split_documents` holds out of n (validated the same way)."""
-    n_eval = _held_out_count(n, eval_fraction, "documents", ' (data.eval_split = "documents")',
-                             'Add documents, lower data.eval_fraction, use data.eval_split = "blocks", '
-                             "or give a separate `data.eval`.")
+    n_eval = _held_out_count(
+        n,
+        eval_fraction,
+        "documents",
+        ' (data.eval_split = "documents")',
+        'Add documents, lower data.eval_fraction, use data.eval_split = "blocks", or give a separate `data.eval`.',
+    )
     gen = torch.Generator().manual_seed(seed_for("holdout-documents", seed))
     return set(torch.randperm(n, generator=gen)[:n_eval].tolist())
 
 
-def split_documents(
-    documents: Sequence[str], eval_fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
+def split_documents(documents: Sequence[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Hold out round(n * eval_fraction) random whole documents (at least 1 when the fraction
     is > 0), as split_blocks does for blocks: deterministic in (seed, n), both parts in the
     original order, so no text of a held-out document reaches training."""
     held = held_out_documents(len(documents), eval_fraction, seed)
-    return ([d for i, d in enumerate(documents) if i not in held],
-            [d for i, d in enumerate(documents) if i in held])
+    return ([d for i, d in enumerate(documents) if i not in held], [d for i, d in enumerate(documents) if i in held])
 
 
 @lru_cache(maxsize=8)
@@ -233,10 +234,9 @@ def batch_indices(step: int, batch_size: int, n_blocks: int, seed: int) -> torch
     boundary. Only the (at most B/n_blocks + 2) epochs touched are generated.
     """
     if step < 0 or batch_size < 1 or n_blocks < 1:
-        raise ValueError(f"batch_indices: bad step={step}, batch_size={batch_size}, "
-                         f"n_blocks={n_blocks}")
+        raise ValueError(f"batch_indices: bad step={step}, batch_size={batch_size}, n_blocks={n_blocks}")
     start, end = step * batch_size, (step + 1) * batch_size
     first, last = start // n_blocks, (end - 1) // n_blocks
     stream = torch.cat([_epoch_perm(seed, e, n_blocks) for e in range(first, last + 1)])
     offset = start - first * n_blocks
-    return stream[offset:offset + batch_size].clone()
+    return stream[offset : offset + batch_size].clone()

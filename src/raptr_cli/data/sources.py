@@ -78,10 +78,20 @@ class Source:
         return docs(), "all" if whole else f"sample-{sample_bytes}"
 
 
-def ensure_store(source: Source, part: dict, tok, seq_len: int, layout: str, cache_dir: Path,
-                 specials: tuple[int, int], what: str, num_proc: int = 1,
-                 progress: Progress | None = None, shard_blocks: int | None = None,
-                 stop_after_shards: int | None = None) -> TokenStore | None:
+def ensure_store(
+    source: Source,
+    part: dict,
+    tok,
+    seq_len: int,
+    layout: str,
+    cache_dir: Path,
+    specials: tuple[int, int],
+    what: str,
+    num_proc: int = 1,
+    progress: Progress | None = None,
+    shard_blocks: int | None = None,
+    stop_after_shards: int | None = None,
+) -> TokenStore | None:
     """The token store of `part` of `source`, built first if missing (or finished, if a build was
     interrupted). `what` names the documents in the "too small" error."""
     meta = {"sources": source.fingerprints, "text_field": source.text_field, "part": part}
@@ -93,6 +103,18 @@ def ensure_store(source: Source, part: dict, tok, seq_len: int, layout: str, cac
     meta["tokenizer_sha256"] = tokenizer_sha(tok)
     if progress is not None:
         progress({"start": what, "total_bytes": source.total_bytes})
-    return build_store(folder, source.documents, tok, meta, seq_len, layout, specials,
-                       keep=source.keep(part), num_proc=num_proc, shard_blocks=shard_blocks,
-                       progress=progress, what=what, stop_after_shards=stop_after_shards)
+    return build_store(
+        folder,
+        source.documents,
+        tok,
+        meta,
+        seq_len,
+        layout,
+        specials,
+        keep=source.keep(part),
+        num_proc=num_proc,
+        shard_blocks=shard_blocks,
+        progress=progress,
+        what=what,
+        stop_after_shards=stop_after_shards,
+    )

@@ -53,8 +53,15 @@ def tokenizer_sha(tok) -> str:
 
 def store_key(sources: list[dict], text_field: str, part: dict, tok, seq_len: int, layout: str) -> str:
     """The name of the store holding `part` of the corpus `sources` tokenised by `tok`."""
-    ident = {"format": STORE_FORMAT, "layout": layout, "seq_len": seq_len, "tokenizer": tokenizer_sha(tok),
-             "sources": sources, "text_field": text_field, "part": part}
+    ident = {
+        "format": STORE_FORMAT,
+        "layout": layout,
+        "seq_len": seq_len,
+        "tokenizer": tokenizer_sha(tok),
+        "sources": sources,
+        "text_field": text_field,
+        "part": part,
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -77,8 +84,9 @@ class TokenStore:
     def _map(self, s: int) -> np.memmap:
         if s not in self._maps:
             sh = self.manifest["shards"][s]
-            self._maps[s] = np.memmap(self.folder / sh["file"], dtype=self.dtype, mode="r",
-                                      shape=(sh["blocks"], self.seq_len))
+            self._maps[s] = np.memmap(
+                self.folder / sh["file"], dtype=self.dtype, mode="r", shape=(sh["blocks"], self.seq_len)
+            )
         return self._maps[s]
 
     def _decode(self, rows: np.ndarray) -> torch.Tensor:
@@ -182,6 +190,7 @@ class Blocks:
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         def real(a):
             return a.tensor() if isinstance(a, Blocks) else a
+
         return func(*[real(a) for a in args], **{k: real(v) for k, v in (kwargs or {}).items()})
 
     def __repr__(self) -> str:

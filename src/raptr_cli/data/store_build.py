@@ -40,6 +40,7 @@ BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
 Progress = Callable[[dict], None]
 
+
 class _Packer:
     """The packing of packing.py (`_pack` for "bert", `_chunk` for "examples"), incremental, with
     the (document, offset) origin of every pending piece so a shard boundary can be resumed."""
@@ -55,8 +56,8 @@ class _Packer:
     def push(self, doc: int, ids: np.ndarray, off: int) -> None:
         if self.examples:
             for lo in range(max(off, 0), len(ids), self.width):
-                if len(ids[lo:lo + self.width]) >= MIN_EXAMPLE:
-                    self.q.append((doc, lo, ids[lo:lo + self.width]))
+                if len(ids[lo : lo + self.width]) >= MIN_EXAMPLE:
+                    self.q.append((doc, lo, ids[lo : lo + self.width]))
             return
         if off >= 0:  # resuming inside document `doc`: its [SEP] is already in a block
             self.q.append((doc, off, ids[off:]))
@@ -79,7 +80,7 @@ class _Packer:
         if self.examples:
             for r in range(k):
                 piece = self.q.popleft()[2]
-                rows[r, :len(piece)] = piece
+                rows[r, : len(piece)] = piece
             return rows
         need, parts = k * self.width, []
         while need:
@@ -166,8 +167,9 @@ def _resume(work: Path, build: dict, seq_len: int, itemsize: int) -> list[dict]:
     return recs
 
 
-def _batches(docs: Iterable[tuple[int, str]], keep: Callable[[int], bool] | None, start: list[int],
-             counts: dict) -> Iterator[tuple[list[tuple[int, int]], list[str]]]:
+def _batches(
+    docs: Iterable[tuple[int, str]], keep: Callable[[int], bool] | None, start: list[int], counts: dict
+) -> Iterator[tuple[list[tuple[int, int]], list[str]]]:
     """([(doc, offset)], texts) batches of the kept documents from `start` = (d, o) on; documents
     before d are counted, not returned."""
     meta: list[tuple[int, int]] = []
@@ -223,10 +225,21 @@ def _single_threaded_tokenizers() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
-def build_store(folder: Path, docs: Callable[[], Iterable[tuple[int, str]]], tok, meta: dict, seq_len: int,
-                layout: str, specials: tuple[int, int], keep: Callable[[int], bool] | None = None,
-                num_proc: int = 1, shard_blocks: int | None = None, progress: Progress | None = None,
-                what: str = "data.train", stop_after_shards: int | None = None) -> TokenStore | None:
+def build_store(
+    folder: Path,
+    docs: Callable[[], Iterable[tuple[int, str]]],
+    tok,
+    meta: dict,
+    seq_len: int,
+    layout: str,
+    specials: tuple[int, int],
+    keep: Callable[[int], bool] | None = None,
+    num_proc: int = 1,
+    shard_blocks: int | None = None,
+    progress: Progress | None = None,
+    what: str = "data.train",
+    stop_after_shards: int | None = None,
+) -> TokenStore | None:
     """Build (or finish building) the store `folder` from `docs()` ((index, text) pairs, stream.py),
     keeping the documents `keep` accepts; `specials` = ([CLS], [SEP]) ids. Returns the store, or
     None when `stop_after_shards` (a test hook standing in for a kill) stopped it early.
@@ -255,7 +268,7 @@ def build_store(folder: Path, docs: Callable[[], Iterable[tuple[int, str]]], tok
             for batch_meta, (lens, ids) in _encoded(_batches(docs(), keep, start, counts), tok.to_str(), num_proc):
                 pos = 0
                 for (i, off), n in zip(batch_meta, lens.tolist()):
-                    packer.push(i, ids[pos:pos + n], off)
+                    packer.push(i, ids[pos : pos + n], off)
                     pos += n
                 next_doc = batch_meta[-1][0] + 1
                 done["tokens"] += len(ids)
@@ -276,10 +289,17 @@ def build_store(folder: Path, docs: Callable[[], Iterable[tuple[int, str]]], tok
             raise UserError(
                 f"{what} is too small for one block of train.seq_len = {seq_len} tokens "
                 f"({counts['documents']} documents, {counts['characters']} characters).",
-                hint="Add data or lower train.seq_len.")
+                hint="Add data or lower train.seq_len.",
+            )
         records = [json.loads((work / f"shard-{k:05d}.json").read_text()) for k in range(shards.k)]
-        manifest = {**build, "layout": layout, "seq_len": seq_len, "blocks": done["blocks"], **counts,
-                    "shards": [{k: r[k] for k in ("file", "blocks", "sha256")} for r in records]}
+        manifest = {
+            **build,
+            "layout": layout,
+            "seq_len": seq_len,
+            "blocks": done["blocks"],
+            **counts,
+            "shards": [{k: r[k] for k in ("file", "blocks", "sha256")} for r in records],
+        }
         _write_json(work / MANIFEST, manifest)
         if folder.exists():  # a damaged store (no manifest, or a short shard): replaced
             shutil.rmtree(folder)

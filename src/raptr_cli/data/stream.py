@@ -26,7 +26,7 @@ from raptr_cli.data.files import JSON_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES,
 from raptr_cli.data.files import need_field as _need_field
 from raptr_cli.errors import UserError
 
-BATCH_DOCS = 256        # documents per batch (jsonl/parquet/hub rows)
+BATCH_DOCS = 256  # documents per batch (jsonl/parquet/hub rows)
 MEMO = "fingerprints.json"
 
 
@@ -46,19 +46,24 @@ def _jsonl(path: Path, text_field: str) -> Iterator[str]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise UserError(
-                    f"{path} is not UTF-8 text: byte {offset + e.start} is {raw[e.start:e.start + 1]!r} ({e.reason})",
-                    hint="JSON data must be UTF-8; re-encode the file (e.g. `iconv -f latin1 -t utf-8`).") from None
+                    f"{path} is not UTF-8 text: byte {offset + e.start} is {raw[e.start : e.start + 1]!r} ({e.reason})",
+                    hint="JSON data must be UTF-8; re-encode the file (e.g. `iconv -f latin1 -t utf-8`).",
+                ) from None
             offset += len(raw)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError as exc:
-                raise UserError(f"Could not read {path.name}: line {lineno} is not JSON ({exc})",
-                                hint="Each .jsonl line must be one JSON object; .json a list of objects.") from None
+                raise UserError(
+                    f"Could not read {path.name}: line {lineno} is not JSON ({exc})",
+                    hint="Each .jsonl line must be one JSON object; .json a list of objects.",
+                ) from None
             if not isinstance(row, dict):
-                raise UserError(f"Could not read {path.name}: line {lineno} is not a JSON object",
-                                hint="Each .jsonl line must be one JSON object; .json a list of objects.")
+                raise UserError(
+                    f"Could not read {path.name}: line {lineno} is not a JSON object",
+                    hint="Each .jsonl line must be one JSON object; .json a list of objects.",
+                )
             rows += 1
             if text_field in row:
                 hits += 1
@@ -76,8 +81,9 @@ def _parquet(path: Path, text_field: str) -> Iterator[str]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:
-        raise UserError(f"Could not read {path.name}: {type(exc).__name__}: {exc}",
-                        hint="Check that it is a parquet file.") from None
+        raise UserError(
+            f"Could not read {path.name}: {type(exc).__name__}: {exc}", hint="Check that it is a parquet file."
+        ) from None
     _need_field(pf.schema_arrow.names, text_field, path.name)
     for batch in pf.iter_batches(batch_size=BATCH_DOCS, columns=[text_field]):
         yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str))
@@ -90,8 +96,10 @@ def _json(path: Path, text_field: str) -> Iterator[str]:
     try:
         ds = load_dataset("json", data_files=[str(path)], split="train")
     except Exception as exc:  # malformed JSON: name the file
-        raise UserError(f"Could not read {path.name}: {type(exc).__name__}: {exc}",
-                        hint="Each .jsonl line must be one JSON object; .json a list of objects.") from exc
+        raise UserError(
+            f"Could not read {path.name}: {type(exc).__name__}: {exc}",
+            hint="Each .jsonl line must be one JSON object; .json a list of objects.",
+        ) from exc
     _need_field(ds.column_names, text_field, path.name)
     for batch in ds.select_columns([text_field]).iter(batch_size=BATCH_DOCS):
         yield from (t for t in batch[text_field] if isinstance(t, str))
@@ -132,8 +140,11 @@ def _memo_path() -> Path:
 
 def source_fingerprints(files: list[Path] | str, text_field: str) -> list[dict]:
     """[{"name", "bytes", "sha256"}] of every file of the corpus (hub: its cached Arrow files)."""
-    paths = [Path(c["filename"]) for c in hub_dataset(files, text_field).cache_files] \
-        if isinstance(files, str) else [Path(f) for f in files]
+    paths = (
+        [Path(c["filename"]) for c in hub_dataset(files, text_field).cache_files]
+        if isinstance(files, str)
+        else [Path(f) for f in files]
+    )
     memo_file = _memo_path()
     try:
         memo = json.loads(memo_file.read_text())

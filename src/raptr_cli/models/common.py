@@ -41,8 +41,10 @@ def check_layers(layers: Sequence[int], num_layers: int, key: str = "layers") ->
             problems.append(f"{raw!r} is not an integer")
             continue
         if not -num_layers <= i < num_layers:
-            problems.append(f"{i} is out of range for {num_layers} layers "
-                            f"(valid: 0..{num_layers - 1}, or -{num_layers}..-1 from the end)")
+            problems.append(
+                f"{i} is out of range for {num_layers} layers "
+                f"(valid: 0..{num_layers - 1}, or -{num_layers}..-1 from the end)"
+            )
             continue
         out.append(i % num_layers)
     seen: set[int] = set()
@@ -51,8 +53,11 @@ def check_layers(layers: Sequence[int], num_layers: int, key: str = "layers") ->
             problems.append(f"layer {i} is listed more than once")
         seen.add(i)
     if problems:
-        raise UserError(f"invalid `{key}`", hint="List each block index once, 0-based "
-                        "(negative counts from the end).", problems=problems)
+        raise UserError(
+            f"invalid `{key}`",
+            hint="List each block index once, 0-based (negative counts from the end).",
+            problems=problems,
+        )
     return sorted(out)
 
 
@@ -74,7 +79,7 @@ def grow_by_stacking(model: nn.Module, new_depth: int) -> list[tuple[int, int]]:
         raise UserError(
             f"cannot grow a {k}-layer model to {new_depth} layers by stacking",
             hint=f"Gradual stacking appends copies of the top layers: the next depth must be in "
-                 f"{k + 1}..{2 * k} (at most double). Add an intermediate stage to grow further.",
+            f"{k + 1}..{2 * k} (at most double). Add an intermediate stage to grow further.",
         )
     from ..schedule import growth_sources  # the one statement of the rule (schedule tests pin it)
 
@@ -87,8 +92,9 @@ def grow_by_stacking(model: nn.Module, new_depth: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def resolve_path(layers: Sequence[int] | None, scales: Sequence[float] | None,
-                 num_layers: int, subnet: Subnet | None = None) -> tuple[list[int], Sequence[float] | None]:
+def resolve_path(
+    layers: Sequence[int] | None, scales: Sequence[float] | None, num_layers: int, subnet: Subnet | None = None
+) -> tuple[list[int], Sequence[float] | None]:
     """The blocks to run, in order, with their scales: `layers` validated and sorted (None = all),
     each scale kept with its layer through the sort.
 
@@ -124,8 +130,9 @@ def labelled_index(labels: torch.Tensor) -> torch.Tensor:
     return (labels != -100).reshape(-1).nonzero().squeeze(1)
 
 
-def gather_labelled(x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_labelled(
+    x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states (n, d) and targets (n,) of the positions that carry a label (labels != -100),
     in row-major (b, t) order, from x (B, T, d) and labels (B, T).
 
@@ -146,8 +153,9 @@ and o-proj columns) or None = all heads; units (kept MLP intermediate units) or 
 scales of the kept heads' and units' output (None = 1)."""
 
 
-def block_widths(subnet: Subnet | None, order: Sequence[int], num_heads: int, n_units: int,
-                 like: torch.Tensor) -> list[Width | None]:
+def block_widths(
+    subnet: Subnet | None, order: Sequence[int], num_heads: int, n_units: int, like: torch.Tensor
+) -> list[Width | None]:
     """Per block of `order` (resolve_path's run order): its `Width`, or None when it computes every
     head and unit. Index tensors are built on the host and moved (non-blocking) to `like`'s device."""
     if subnet is None or not subnet.narrow:
@@ -192,8 +200,9 @@ def rows_linear(lin: nn.Linear, x: torch.Tensor, rows: torch.Tensor | None) -> t
     return F.linear(x, lin.weight.index_select(0, rows), bias)
 
 
-def cols_linear(lin: nn.Linear, x: torch.Tensor, cols: torch.Tensor | None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
+def cols_linear(
+    lin: nn.Linear, x: torch.Tensor, cols: torch.Tensor | None, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """lin applied to the input features `cols` only (x holds just those; None = all), with the
     gathered weight columns; `scale` multiplies x first (inverse_fraction), never the bias."""
     if scale is not None:

@@ -28,12 +28,23 @@ def _ul2() -> Any:
 
 # mlm_probability and the 80/10/10 fractions are range-checked by the recipe for every recipe,
 # as they always were; the mixture is checked only where it is used.
-MLM = register_objective(ObjectiveSpec(
-    "mlm", keys=("mlm_probability", "mask_token_frac", "random_token_frac"),
-    head_fraction=lambda o: o.mlm_probability, load=_mlm))
-UL2 = register_objective(ObjectiveSpec(
-    "ul2", keys=("denoisers",), head_fraction=lambda o: mixture_head_fraction(o.denoisers), load=_ul2,
-    problems=lambda o: mixture_problems(o.denoisers, "objective.denoisers")))
+MLM = register_objective(
+    ObjectiveSpec(
+        "mlm",
+        keys=("mlm_probability", "mask_token_frac", "random_token_frac"),
+        head_fraction=lambda o: o.mlm_probability,
+        load=_mlm,
+    )
+)
+UL2 = register_objective(
+    ObjectiveSpec(
+        "ul2",
+        keys=("denoisers",),
+        head_fraction=lambda o: mixture_head_fraction(o.denoisers),
+        load=_ul2,
+        problems=lambda o: mixture_problems(o.denoisers, "objective.denoisers"),
+    )
+)
 
 
 def objective_spec_for(recipe: Any) -> ObjectiveSpec:

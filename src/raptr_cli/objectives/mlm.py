@@ -85,9 +85,14 @@ class MLMObjective:
         (none of them is ever chosen or inserted); seq_len: unused, the blocks are already packed."""
         self.group_names: list[str] = []
         self.head_fraction = section.mlm_probability
-        self.kw = dict(mlm_probability=section.mlm_probability, mask_id=specials["mask"], vocab_size=vocab_size,
-                       special_ids=sorted({v for v in specials.values() if isinstance(v, int)}),
-                       mask_token_frac=section.mask_token_frac, random_token_frac=section.random_token_frac)
+        self.kw = dict(
+            mlm_probability=section.mlm_probability,
+            mask_id=specials["mask"],
+            vocab_size=vocab_size,
+            special_ids=sorted({v for v in specials.values() if isinstance(v, int)}),
+            mask_token_frac=section.mask_token_frac,
+            random_token_frac=section.random_token_frac,
+        )
 
     def batch(self, rows: torch.Tensor, seed: int, step: int) -> tuple[dict, None]:
         inputs, labels = mask_tokens(rows.long(), seed=seed, step=step, **self.kw)

@@ -42,16 +42,16 @@ class UL2Config:
 
     def __post_init__(self) -> None:
         # Accept plain dicts (as a TOML loader produces) so recipes need no custom hook.
-        self.denoisers = [DenoiserConfig(**d) if isinstance(d, Mapping) else d
-                          for d in self.denoisers]
-        problems = [p for i, d in enumerate(self.denoisers)
-                    for p in d.problems(f"denoisers[{i}]")]
+        self.denoisers = [DenoiserConfig(**d) if isinstance(d, Mapping) else d for d in self.denoisers]
+        problems = [p for i, d in enumerate(self.denoisers) for p in d.problems(f"denoisers[{i}]")]
         if not self.denoisers or sum(d.weight for d in self.denoisers) <= 0:
             problems.append("denoisers needs at least one entry with weight > 0")
         if problems:
-            raise UserError("invalid UL2 objective config",
-                            hint="Fix the listed denoiser keys (see DenoiserConfig).",
-                            problems=problems)
+            raise UserError(
+                "invalid UL2 objective config",
+                hint="Fix the listed denoiser keys (see DenoiserConfig).",
+                problems=problems,
+            )
 
     def probabilities(self) -> np.ndarray:
         """Sampling probability of each denoiser, (n_denoisers,)."""
@@ -116,27 +116,30 @@ def corrupt(
         return head + toks, []
     if d.kind == "prefix":
         n_t = _prefix_split(L, d.rate, gen)
-        return head + toks[:L - n_t], toks[L - n_t:]
+        return head + toks[: L - n_t], toks[L - n_t :]
     if not sentinel_ids:
-        raise UserError("span corruption needs sentinel tokens, got none",
-                        hint="Use a tokenizer from train_bpe (it adds <extra_id_N> sentinels).")
+        raise UserError(
+            "span corruption needs sentinel tokens, got none",
+            hint="Use a tokenizer from train_bpe (it adds <extra_id_N> sentinels).",
+        )
     n_noise, n_spans = span_plan(L, d.rate, d.mean_span, len(sentinel_ids))
     noise = _random_segmentation(n_noise, n_spans, gen).tolist()  # python ints: faster slicing
     keep = _random_segmentation(L - n_noise, n_spans, gen).tolist()
     inputs, targets, pos = head, [], 0
     for i in range(n_spans):  # non-noise run, then noise span i
         s = int(sentinel_ids[i])
-        inputs += toks[pos:pos + keep[i]]
+        inputs += toks[pos : pos + keep[i]]
         inputs.append(s)
         pos += keep[i]
         targets.append(s)
-        targets += toks[pos:pos + noise[i]]
+        targets += toks[pos : pos + noise[i]]
         pos += noise[i]
     return inputs, targets
 
 
-def restore(inputs: Sequence[int], targets: Sequence[int], sentinel_ids: Sequence[int],
-            has_paradigm: bool = True) -> list[int]:
+def restore(
+    inputs: Sequence[int], targets: Sequence[int], sentinel_ids: Sequence[int], has_paradigm: bool = True
+) -> list[int]:
     """Inverse of span `corrupt`: the original text from (inputs, targets). For debugging and
     data previews; a prefix-LM pair is simply inputs[1:] + targets."""
     where = {int(s): i for i, s in enumerate(sentinel_ids)}
@@ -148,7 +151,7 @@ def restore(inputs: Sequence[int], targets: Sequence[int], sentinel_ids: Sequenc
         elif current is not None:
             current.append(int(t))
     out: list[int] = []
-    for t in list(inputs)[1 if has_paradigm else 0:]:
+    for t in list(inputs)[1 if has_paradigm else 0 :]:
         out += spans.get(where[int(t)], []) if int(t) in where else [int(t)]
     return out
 
@@ -156,6 +159,7 @@ def restore(inputs: Sequence[int], targets: Sequence[int], sentinel_ids: Sequenc
 def _fit_length(L: int, d: DenoiserConfig, seq_len: int, max_spans: int) -> int:
     """Longest text length <= L whose layout fits seq_len: 1 (paradigm) + L + 2 * spans
     (each span adds a sentinel to both inputs and targets); 1 + L for the prefix LM."""
+
     def need(n: int) -> int:
         if d.kind == "prefix" or n < 2:
             return 1 + n
@@ -194,15 +198,17 @@ def make_batch(
     prefix_len (B,) long and denoiser (B,) long (index into cfg.denoisers).
     The generator is seeded by (seed, step, a fixed salt), so a resumed run replays it.
     """
-    missing = [k for k in {"pad", "eos", "sentinels", *(d.paradigm for d in cfg.denoisers)}
-               if k not in specials]
+    missing = [k for k in {"pad", "eos", "sentinels", *(d.paradigm for d in cfg.denoisers)} if k not in specials]
     if missing:
-        raise UserError("the tokenizer lacks tokens the UL2 objective needs",
-                        hint="Train the tokenizer with train_bpe, or add these special tokens.",
-                        problems=[f"missing {k}" for k in sorted(missing)])
+        raise UserError(
+            "the tokenizer lacks tokens the UL2 objective needs",
+            hint="Train the tokenizer with train_bpe, or add these special tokens.",
+            problems=[f"missing {k}" for k in sorted(missing)],
+        )
     if seq_len < 3:
-        raise UserError(f"train.seq_len = {seq_len} is too short for UL2",
-                        hint="Use at least a few dozen tokens per sequence.")
+        raise UserError(
+            f"train.seq_len = {seq_len} is too short for UL2", hint="Use at least a few dozen tokens per sequence."
+        )
     sentinels = list(specials["sentinels"])
     pad, eos = int(specials["pad"]), int(specials["eos"])
     rng = np.random.default_rng([_SALT, int(seed) % 2**63, int(step)])
@@ -215,13 +221,12 @@ def make_batch(
         d = cfg.denoisers[k]
         n = _fit_length(len(ex), d, seq_len, len(sentinels))
         start = int(rng.integers(0, len(ex) - n + 1))
-        inputs, targets = corrupt(ex[start:start + n], d, rng, sentinels,
-                                  paradigm_id=int(specials[d.paradigm]))
+        inputs, targets = corrupt(ex[start : start + n], d, rng, sentinels, paradigm_id=int(specials[d.paradigm]))
         seq = inputs + targets
-        input_ids[b, :len(seq)] = seq
+        input_ids[b, : len(seq)] = seq
         prefix_len[b] = len(inputs)
         if targets:
-            labels[b, len(inputs) - 1:len(seq)] = targets + [eos]
+            labels[b, len(inputs) - 1 : len(seq)] = targets + [eos]
     return {
         "input_ids": torch.from_numpy(input_ids),
         "labels": torch.from_numpy(labels),

@@ -23,8 +23,13 @@ from raptr_cli.data.tokenizer import canonical_vocab
 from raptr_cli.errors import UserError
 
 BASE_SPECIALS: dict[str, str] = {
-    "pad": "[PAD]", "bos": "[BOS]", "eos": "[EOS]", "unk": "[UNK]",
-    "[NLU]": "[NLU]", "[NLG]": "[NLG]", "[S2S]": "[S2S]",
+    "pad": "[PAD]",
+    "bos": "[BOS]",
+    "eos": "[EOS]",
+    "unk": "[UNK]",
+    "[NLU]": "[NLU]",
+    "[NLG]": "[NLG]",
+    "[S2S]": "[S2S]",
 }
 
 
@@ -32,8 +37,7 @@ def sentinel_token(i: int) -> str:
     return f"<extra_id_{i}>"
 
 
-def train_bpe(documents: Iterable[str], vocab_size: int, n_sentinels: int = 100,
-              min_frequency: int = 2) -> Tokenizer:
+def train_bpe(documents: Iterable[str], vocab_size: int, n_sentinels: int = 100, min_frequency: int = 2) -> Tokenizer:
     """Train a byte-level BPE of at most `vocab_size` tokens (specials and the 256-byte
     alphabet included). decode(encode(text).ids) == text for any text free of special-token
     strings: no normaliser, no added prefix space, and the ByteLevel decoder inverts the
@@ -44,8 +48,7 @@ def train_bpe(documents: Iterable[str], vocab_size: int, n_sentinels: int = 100,
     if vocab_size < len(specials) + len(alphabet) + 1:
         raise UserError(
             f"The tokenizer vocab_size {vocab_size} is too small for byte-level BPE.",
-            hint=f"It must exceed {len(specials)} special tokens + {len(alphabet)} byte "
-                 "symbols; UL2 uses 32128.",
+            hint=f"It must exceed {len(specials)} special tokens + {len(alphabet)} byte symbols; UL2 uses 32128.",
         )
     tok = Tokenizer(models.BPE())  # no unk_token: byte-level never needs one
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -94,7 +97,7 @@ def ul2_special_ids(tok: Tokenizer) -> dict:
         raise UserError(
             f"The tokenizer lacks the UL2 special token(s) {', '.join(missing)}.",
             hint="UL2 needs [PAD] [BOS] [EOS] [UNK] [NLU] [NLG] [S2S] and <extra_id_N> "
-                 "sentinels; train one with train_bpe.",
+            "sentinels; train one with train_bpe.",
             problems=[f"missing {t}" for t in missing],
         )
     return {**ids, "sentinels": sentinels}

@@ -13,6 +13,24 @@ from .plan import Plan, build_plan, describe, rescaled_schedule
 from .rng import TAGS, sample_subset, step_generator, stream
 from .stages import Stage, stage_bounds
 
-__all__ = ["METHODS", "TAGS", "Method", "Plan", "ScheduleConfig", "Stage", "StageConfig", "build_plan", "describe",
-           "growth_sources", "is_full_model", "method_class", "rescaled_schedule", "sample_subset", "size_key", "solve_pld_gamma",
-           "stage_bounds", "step_generator", "stream"]
+__all__ = [
+    "METHODS",
+    "TAGS",
+    "Method",
+    "Plan",
+    "ScheduleConfig",
+    "Stage",
+    "StageConfig",
+    "build_plan",
+    "describe",
+    "growth_sources",
+    "is_full_model",
+    "method_class",
+    "rescaled_schedule",
+    "sample_subset",
+    "size_key",
+    "solve_pld_gamma",
+    "stage_bounds",
+    "step_generator",
+    "stream",
+]

@@ -90,8 +90,9 @@ class ScheduleConfig:
         """Fixed layers normalised to sorted 0-based indices (out-of-range ones dropped; see problems)."""
         return method_class(self.method)(self, n_layers).fixed
 
-    def problems(self, n_layers: int, total_steps: int, tokens_per_step: int,
-                 widths: tuple[int, int] | None = None) -> tuple[list[str], list[str]]:
+    def problems(
+        self, n_layers: int, total_steps: int, tokens_per_step: int, widths: tuple[int, int] | None = None
+    ) -> tuple[list[str], list[str]]:
         """(errors, warnings); each message starts with the dotted key, e.g.
         'schedule.stages[2].path_length = 14 exceeds model.n_layers = 12'. `widths` = the model's
         (num_heads, intermediate_size), for the whole-number checks of width fractions."""

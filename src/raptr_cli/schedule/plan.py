@@ -82,9 +82,13 @@ class Plan:
         layers = self.active_layers(step)
         scales = self.layer_scales(step, layers)
         heads, units = self.rule.parts(self, step, layers)
-        return Subnet(None if len(layers) == self.stage_at(step).depth else tuple(layers),
-                      None if all(s == 1.0 for s in scales) else tuple(scales), heads, units,
-                      self.width_scale if heads is not None or units is not None else "none")
+        return Subnet(
+            None if len(layers) == self.stage_at(step).depth else tuple(layers),
+            None if all(s == 1.0 for s in scales) else tuple(scales),
+            heads,
+            units,
+            self.width_scale if heads is not None or units is not None else "none",
+        )
 
     def notes(self) -> list[str]:
         """Resolved schedule values worth showing next to the stage table (PLD's decay)."""
@@ -106,22 +110,47 @@ class Plan:
         return self.rule.lr_factor(self, self.stage_at(step), step)
 
 
-def build_plan(cfg: ScheduleConfig, n_layers: int, total_steps: int, tokens_per_step: int, seed: int,
-               widths: tuple[int, int] | None = None) -> Plan:
+def build_plan(
+    cfg: ScheduleConfig,
+    n_layers: int,
+    total_steps: int,
+    tokens_per_step: int,
+    seed: int,
+    widths: tuple[int, int] | None = None,
+) -> Plan:
     """Validate `cfg` (every problem at once, as a UserError) and resolve it into a Plan. `widths` =
     the model's (num_heads, intermediate_size); a schedule with width stages needs them."""
     errors, warnings = cfg.problems(n_layers, total_steps, tokens_per_step, widths)
     if not errors and widths is None and any(getattr(s, k) is not None for s in cfg.stages for k in WIDTH_KEYS):
-        errors = ["schedule.stages: heads_fraction / mlp_fraction need the model's num_heads and "
-                  "intermediate_size (build_plan(..., widths=...))"]
+        errors = [
+            "schedule.stages: heads_fraction / mlp_fraction need the model's num_heads and "
+            "intermediate_size (build_plan(..., widths=...))"
+        ]
     if errors:
-        raise UserError(f"the [schedule] section has {len(errors)} problem(s)", problems=errors,
-                        hint="Fix the keys named above; --set schedule.KEY=VALUE overrides one.")
+        raise UserError(
+            f"the [schedule] section has {len(errors)} problem(s)",
+            problems=errors,
+            hint="Fix the keys named above; --set schedule.KEY=VALUE overrides one.",
+        )
     rule, L = method_class(cfg.method)(cfg, n_layers, widths), n_layers
     w = rule.warmup_steps(cfg, total_steps)
     n_heads, n_units = widths or (0, 0)
-    plan = Plan(cfg.method, rule, L, [], rule.fixed, seed, cfg.sampler, cfg.scale, cfg.pld_theta_bar,
-                cfg.pld_gamma, n_heads=n_heads, n_units=n_units, width_scale=cfg.width_scale, warnings=warnings)
+    plan = Plan(
+        cfg.method,
+        rule,
+        L,
+        [],
+        rule.fixed,
+        seed,
+        cfg.sampler,
+        cfg.scale,
+        cfg.pld_theta_bar,
+        cfg.pld_gamma,
+        n_heads=n_heads,
+        n_units=n_units,
+        width_scale=cfg.width_scale,
+        warnings=warnings,
+    )
     stages = [Stage(0, 0, w, float(L), 1.0, L)] if w else []
     for end, k, p, depth, *width in rule.resolve(plan, w, total_steps, tokens_per_step):
         start = stages[-1].end if stages else 0
@@ -135,10 +164,19 @@ def describe(plan: Plan) -> list[dict]:
     stacking), keep_prob, and `expected` (True where the layer count is an expectation); a plan with
     width stages adds heads_fraction and mlp_fraction to every row."""
     size, narrow = plan.size_key, plan.narrow
-    return [{"index": s.index, "start": s.start, "end": s.end, "steps": s.steps, size: getattr(s, size),
-             "keep_prob": s.keep_prob, "expected": plan.is_random(s),
-             **({"heads_fraction": s.heads_fraction, "mlp_fraction": s.mlp_fraction} if narrow else {})}
-            for s in plan.stages]
+    return [
+        {
+            "index": s.index,
+            "start": s.start,
+            "end": s.end,
+            "steps": s.steps,
+            size: getattr(s, size),
+            "keep_prob": s.keep_prob,
+            "expected": plan.is_random(s),
+            **({"heads_fraction": s.heads_fraction, "mlp_fraction": s.mlp_fraction} if narrow else {}),
+        }
+        for s in plan.stages
+    ]
 
 
 def rescaled_schedule(cfg: ScheduleConfig, total_steps: int, tokens_per_step: int, new_steps: int) -> dict:
@@ -165,6 +203,8 @@ def rescaled_schedule(cfg: ScheduleConfig, total_steps: int, tokens_per_step: in
     available, new_available = total_steps - w, new_steps - new_w
     cums = accumulate(stage_length(s, k, available, tokens_per_step) for s, k in zip(stages, keys))
     ends = stage_ends([c * new_available / available for c in cums], new_available)
-    out["stages"] = [{"steps": end - start, **{k: getattr(s, k) for k in SIZE_KEYS + WIDTH_KEYS if getattr(s, k) is not None}}
-                     for s, start, end in zip(stages, [0, *ends], ends)]
+    out["stages"] = [
+        {"steps": end - start, **{k: getattr(s, k) for k in SIZE_KEYS + WIDTH_KEYS if getattr(s, k) is not None}}
+        for s, start, end in zip(stages, [0, *ends], ends)
+    ]
     return out

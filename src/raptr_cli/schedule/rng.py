@@ -10,11 +10,11 @@ if TYPE_CHECKING:
     import torch
 
 TAGS: dict[str, int] = {
-    "paths": 0,             # the training step's subnetwork (Plan.active_layers)
-    "eval_paths": 0xE7A1,   # `raptr eval --path-lengths`: the i-th random path of each length
+    "paths": 0,  # the training step's subnetwork (Plan.active_layers)
+    "eval_paths": 0xE7A1,  # `raptr eval --path-lengths`: the i-th random path of each length
     "toy_batches": 0xDA7A,  # analysis/polynomial.py: the toy experiment's batch indices
-    "heads": 0x4EAD5,       # Random Part Training: the attention heads each active block keeps
-    "units": 0x0417F,       # Random Part Training: the MLP intermediate units each active block keeps
+    "heads": 0x4EAD5,  # Random Part Training: the attention heads each active block keeps
+    "units": 0x0417F,  # Random Part Training: the MLP intermediate units each active block keeps
 }
 """Each stream's salt, XORed into the run seed. The values are the ones these streams used before they
 shared this module, so every draw replays; a new stream adds one line with a salt of its own."""

@@ -48,8 +48,10 @@ def one_key(s: StageConfig, keys: tuple[str, ...], key: str, kind: str, E) -> st
     """The one `kind` key a stage gives, or None after reporting zero or several."""
     given = [k for k in keys if getattr(s, k) is not None]
     if len(given) != 1:
-        E(f"{key} has {'no ' + kind + ' key' if not given else 'several ' + kind + ' keys (' + ', '.join(given) + ')'}"
-          f": give exactly one of {', '.join(keys)}")
+        E(
+            f"{key} has {'no ' + kind + ' key' if not given else 'several ' + kind + ' keys (' + ', '.join(given) + ')'}"
+            f": give exactly one of {', '.join(keys)}"
+        )
     return given[0] if len(given) == 1 else None
 
 
@@ -66,8 +68,9 @@ def stage_ends(cumulative: list[float], span: int) -> list[int]:
     return [span if i == len(cumulative) - 1 else int(round(c)) for i, c in enumerate(cumulative)]
 
 
-def stage_bounds(stages: list[StageConfig], total_steps: int, tokens_per_step: int,
-                 available: int, warmup_label: str = "") -> tuple[list[int], list[str], list[str]]:
+def stage_bounds(
+    stages: list[StageConfig], total_steps: int, tokens_per_step: int, available: int, warmup_label: str = ""
+) -> tuple[list[int], list[str], list[str]]:
     """Cumulative end steps (relative to the first stage's start), errors, warnings.
     `warmup_label` names the warm-up in messages (default: full_warmup_steps = train.steps - available).
 
@@ -94,7 +97,9 @@ def stage_bounds(stages: list[StageConfig], total_steps: int, tokens_per_step: i
     total = sum(lengths)
     if abs(total - available) >= 0.5:
         warm = warmup_label or f"schedule.full_warmup_steps = {total_steps - available}"
-        whole = f"train.steps = {total_steps}" + (f" minus {warm}, i.e. {available}" if available != total_steps else "")
+        whole = f"train.steps = {total_steps}" + (
+            f" minus {warm}, i.e. {available}" if available != total_steps else ""
+        )
         errors.append(f"schedule.stages add up to {total:g} steps ({' + '.join(parts)}) but {whole}")
         return [], errors, warnings
     ends = stage_ends(list(accumulate(lengths)), available)
@@ -102,4 +107,3 @@ def stage_bounds(stages: list[StageConfig], total_steps: int, tokens_per_step: i
         if end <= (ends[i - 1] if i else 0):
             errors.append(f"schedule.stages[{i}] rounds to 0 steps")
     return ends, errors, warnings
-

@@ -61,17 +61,21 @@ def intact_checkpoint(root: Path) -> str:
     found = list_checkpoints(root)
     if not found:
         return "no previous checkpoint exists"
-    return f"previous checkpoint step {int(found[-1].name[len(PREFIX):])} is intact ({found[-1]})"
+    return f"previous checkpoint step {int(found[-1].name[len(PREFIX) :])} is intact ({found[-1]})"
 
 
 def _disk_full_at(target: Path, root: Path) -> Translate:
     """For `atomic_dir`: a write of `target` that ran out of space becomes DiskFull, naming the
     newest complete checkpoint of the run at `root`."""
+
     def translate(e: BaseException, tmp: Path) -> BaseException | None:
         if not is_disk_full(e, tmp if tmp.exists() else root):
             return None
-        return DiskFull(f"disk full at {target}, {intact_checkpoint(root)}; the partial copy was removed. "
-                        "Free space, then continue the run with --resume.")
+        return DiskFull(
+            f"disk full at {target}, {intact_checkpoint(root)}; the partial copy was removed. "
+            "Free space, then continue the run with --resume."
+        )
+
     return translate
 
 
@@ -138,8 +142,10 @@ def pick_resume_checkpoint(out: Path) -> Path:
         read_state(found[-1])
     except UserError as e:
         if len(found) > 1:
-            e.hint = (f"The previous complete checkpoint is {found[-2]}: move {found[-1]} out of "
-                      f"{out / 'checkpoints'} and run with --resume again.")
+            e.hint = (
+                f"The previous complete checkpoint is {found[-2]}: move {found[-1]} out of "
+                f"{out / 'checkpoints'} and run with --resume again."
+            )
         raise
     return found[-1]
 
@@ -157,21 +163,30 @@ def read_state(ckpt: Path) -> dict:
     # all of it checked before a resume acts on any of it (a bad step would truncate metrics.jsonl)
     problems = state_problems(state)
     if problems:
-        raise UserError(f"{ckpt / 'trainer_state.json'} is malformed:", problems=problems,
-                        hint="Delete that checkpoint directory to resume from the previous one.")
+        raise UserError(
+            f"{ckpt / 'trainer_state.json'} is malformed:",
+            problems=problems,
+            hint="Delete that checkpoint directory to resume from the previous one.",
+        )
     if not isinstance(config, dict):
-        raise UserError(f"{ckpt / 'config.json'} holds a {type(config).__name__}, not an object",
-                        hint="Delete that checkpoint directory to resume from the previous one.")
+        raise UserError(
+            f"{ckpt / 'config.json'} holds a {type(config).__name__}, not an object",
+            hint="Delete that checkpoint directory to resume from the previous one.",
+        )
     for name in ("model.safetensors", "optimizer.pt"):
         if not (ckpt / name).is_file():
-            raise UserError(f"checkpoint {ckpt} has no {name}", hint="Delete that directory to resume from the previous one.")
+            raise UserError(
+                f"checkpoint {ckpt} has no {name}", hint="Delete that directory to resume from the previous one."
+            )
     manifest = ckpt / "manifest.json"
     if manifest.is_file():
         try:
             entries = json.loads(manifest.read_text())
         except ValueError:
-            raise UserError(f"checkpoint {ckpt}: manifest.json is corrupted",
-                            hint="Delete that directory to resume from the previous one.") from None
+            raise UserError(
+                f"checkpoint {ckpt}: manifest.json is corrupted",
+                hint="Delete that directory to resume from the previous one.",
+            ) from None
         for name, want in entries.items():
             want = want if isinstance(want, dict) else {"size": want}
             f = ckpt / name
@@ -182,8 +197,10 @@ def read_state(ckpt: Path) -> dict:
                 why = "does not match the sha256 in the manifest"
             else:
                 continue
-            raise UserError(f"checkpoint {ckpt} is truncated or corrupted: {f} {why}",
-                            hint="Delete that checkpoint directory to resume from the previous one.")
+            raise UserError(
+                f"checkpoint {ckpt} is truncated or corrupted: {f} {why}",
+                hint="Delete that checkpoint directory to resume from the previous one.",
+            )
     return {"state": state, "config": config}
 
 
@@ -208,10 +225,11 @@ _STATE = {
     "data_s": (_amount, "a finite number >= 0"),
     "train_s": (_amount, "a finite number >= 0"),
     "sharded": (lambda v: isinstance(v, bool), "true or false"),
-    "last_loss": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
-                  "a number or null"),
-    "data_blocks": (lambda v: isinstance(v, list) and len(v) == 2 and all(_whole(x, 0) for x in v),
-                    "a list of two whole numbers (train and eval blocks)"),
+    "last_loss": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), "a number or null"),
+    "data_blocks": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_whole(x, 0) for x in v),
+        "a list of two whole numbers (train and eval blocks)",
+    ),
     "data_fingerprint": (lambda v: isinstance(v, str) and len(v) > 0, "a hex digest string"),
     "tokenizer_sha256": (lambda v: v is None or (isinstance(v, str) and len(v) == 64), "a sha256 hex digest or null"),
 }
@@ -232,11 +250,15 @@ def state_problems(state) -> list[str]:
         problems.append(f"stage_stats = {json.dumps(stats)}: must be an object of per-stage counters")
     else:
         for name, s in stats.items():
-            bad = not name.isdigit() or not isinstance(s, dict) or any(
-                not isinstance(s.get(k), (int, float)) or isinstance(s.get(k), bool) for k in _STAGE_KEYS)
+            bad = (
+                not name.isdigit()
+                or not isinstance(s, dict)
+                or any(not isinstance(s.get(k), (int, float)) or isinstance(s.get(k), bool) for k in _STAGE_KEYS)
+            )
             if bad:
-                problems.append(f"stage_stats.{name}: must be a stage index holding the numbers "
-                                f"{', '.join(_STAGE_KEYS)}")
+                problems.append(
+                    f"stage_stats.{name}: must be a stage index holding the numbers {', '.join(_STAGE_KEYS)}"
+                )
     return problems
 
 

@@ -30,11 +30,11 @@ SMALL_CORPUS = 8 << 20  # bytes of files below which a store is built in this pr
 
 @dataclass
 class RunData:
-    tokenizer: object            # tokenizers.Tokenizer
-    specials: dict               # bert: pad/unk/cls/sep/mask -> id; ul2: see ul2_special_ids
-    train: Blocks                # (N, seq_len) int32 packed blocks, memory-mapped (data/store.py)
-    eval: Blocks                 # (M, seq_len) int32
-    documents: int               # training documents read
+    tokenizer: object  # tokenizers.Tokenizer
+    specials: dict  # bert: pad/unk/cls/sep/mask -> id; ul2: see ul2_special_ids
+    train: Blocks  # (N, seq_len) int32 packed blocks, memory-mapped (data/store.py)
+    eval: Blocks  # (M, seq_len) int32
+    documents: int  # training documents read
     warnings: list[str] = field(default_factory=list)  # for the console (an eval set too small to trust)
 
     @property
@@ -48,8 +48,9 @@ def _blocks_cache(recipe: Recipe) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         key = "data.cache_dir" if recipe.data.cache_dir else "the raptr cache (RAPTR_CACHE)"
-        raise UserError(f"{key}: cannot use {path} as a directory ({e.strerror})",
-                        hint="Point it at a writable directory.") from None
+        raise UserError(
+            f"{key}: cannot use {path} as a directory ({e.strerror})", hint="Point it at a writable directory."
+        ) from None
     return path
 
 
@@ -71,13 +72,24 @@ def _tokenizer_for(recipe: Recipe, source: Source, part: dict) -> object:
         if not path.is_absolute():
             path = recipe.base_dir / path
         if not path.is_file():
-            raise UserError(f"tokenizer.path: file not found: {path}", hint="Point it at a tokenizer.json, or leave it empty to train one.")
+            raise UserError(
+                f"tokenizer.path: file not found: {path}",
+                hint="Point it at a tokenizer.json, or leave it empty to train one.",
+            )
         return load_run_tokenizer(recipe, path)
     docs, chosen = source.sample(part, t.train_sample_bytes)
     spec = arch_spec(recipe.model.arch).tokenizer
     # v3: keyed by file fingerprints and the sample instead of every document's hash
-    ident = [f"{spec.kind}-v3", t.vocab_size, t.lowercase, t.min_frequency, source.fingerprints, source.text_field,
-             part, chosen]
+    ident = [
+        f"{spec.kind}-v3",
+        t.vocab_size,
+        t.lowercase,
+        t.min_frequency,
+        source.fingerprints,
+        source.text_field,
+        part,
+        chosen,
+    ]
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
     cached = _blocks_cache(recipe) / "tokenizers" / f"{h.hexdigest()[:24]}.json"
     if cached.is_file():
@@ -106,10 +118,16 @@ def eval_size_warnings(recipe: Recipe, evals) -> list[str]:
         return []
     from ..planning import head_fraction
 
-    key = "data.eval" if recipe.data.eval else f"the eval split held out by data.eval_fraction = {recipe.data.eval_fraction}"
-    return [f"{key} holds only {tokens} tokens ({len(evals)} blocks), less than one eval batch (train.batch_size "
-            f"x train.seq_len = {batch} tokens): each eval scores ~{tokens * head_fraction(recipe):.0f} predicted "
-            "tokens, too few for a stable eval loss; give more eval text"]
+    key = (
+        "data.eval"
+        if recipe.data.eval
+        else f"the eval split held out by data.eval_fraction = {recipe.data.eval_fraction}"
+    )
+    return [
+        f"{key} holds only {tokens} tokens ({len(evals)} blocks), less than one eval batch (train.batch_size "
+        f"x train.seq_len = {batch} tokens): each eval scores ~{tokens * head_fraction(recipe):.0f} predicted "
+        "tokens, too few for a stable eval loss; give more eval text"
+    ]
 
 
 def _store_specials(recipe: Recipe, tok) -> tuple[int, int]:
@@ -122,8 +140,14 @@ def _store_specials(recipe: Recipe, tok) -> tuple[int, int]:
     return ids[spec.frame[0]], ids[spec.frame[1]]
 
 
-def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Path | None = None,
-                 eval_only: bool = False, num_proc: int | None = None, progress=None) -> RunData:
+def prepare_data(
+    recipe: Recipe,
+    out_dir: Path | None = None,
+    tokenizer_file: Path | None = None,
+    eval_only: bool = False,
+    num_proc: int | None = None,
+    progress=None,
+) -> RunData:
     """Resolve files, load/train the tokenizer, map (building on first use) the token stores, split eval.
 
     Without `data.eval` the held-out part depends on `data.split_seed` only, never on run.seed;
@@ -138,32 +162,45 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
     d, seq_len = recipe.data, recipe.train.seq_len
     layout = arch_spec(recipe.model.arch).layout
     if seq_len < 3:  # before any tokenising (pack_documents' check)
-        raise UserError(f"`train.seq_len` = {seq_len} is too short.",
-                        hint="A block is [CLS] tokens [SEP]: seq_len must be at least 3 (128-512 is typical).")
+        raise UserError(
+            f"`train.seq_len` = {seq_len} is too short.",
+            hint="A block is [CLS] tokens [SEP]: seq_len must be at least 3 (128-512 is typical).",
+        )
     cache = _blocks_cache(recipe)
     procs = num_proc or min(os.cpu_count() or 1, 8)
 
     def store(source: Source, part: dict, tok, what: str) -> TokenStore:
         # a small corpus is not worth starting worker processes for (same bytes either way)
         n = procs if source.total_bytes > SMALL_CORPUS else 1
-        return ensure_store(source, part, tok, seq_len, layout, cache, _store_specials(recipe, tok), what,
-                            num_proc=n, progress=progress)
+        return ensure_store(
+            source, part, tok, seq_len, layout, cache, _store_specials(recipe, tok), what, num_proc=n, progress=progress
+        )
 
     if eval_only and d.eval and tokenizer_file:
         tok = load_run_tokenizer(recipe, tokenizer_file)
-        ev = store(Source(resolve_data_files(d.eval, recipe.base_dir, "data.eval"), d.text_field), ALL, tok,
-                   "data.eval")
+        ev = store(
+            Source(resolve_data_files(d.eval, recipe.base_dir, "data.eval"), d.text_field), ALL, tok, "data.eval"
+        )
         evals = ev.view()
-        return RunData(tokenizer=tok, specials=specials_of(recipe, tok), train=evals[:0], eval=evals,
-                       documents=ev.documents, warnings=eval_size_warnings(recipe, evals))
+        return RunData(
+            tokenizer=tok,
+            specials=specials_of(recipe, tok),
+            train=evals[:0],
+            eval=evals,
+            documents=ev.documents,
+            warnings=eval_size_warnings(recipe, evals),
+        )
     source = Source(resolve_data_files(d.train, recipe.base_dir, "data.train"), d.text_field)
     part, held = ALL, None
     if not d.eval and d.eval_split == "documents":
         part = documents_part(d.eval_fraction, d.split_seed, "train")
         held = documents_part(d.eval_fraction, d.split_seed, "held")
     if next(source.documents(), None) is None:  # reads one document: the check load_documents made
-        raise UserError("The data holds no non-empty document.", hint="Check the recipe's data files and text field.",
-                        problems=[str(source.files)] if isinstance(source.files, str) else [str(f) for f in source.files[:5]])
+        raise UserError(
+            "The data holds no non-empty document.",
+            hint="Check the recipe's data files and text field.",
+            problems=[str(source.files)] if isinstance(source.files, str) else [str(f) for f in source.files[:5]],
+        )
     tok = load_run_tokenizer(recipe, tokenizer_file) if tokenizer_file else _tokenizer_for(recipe, source, part)
     blocks = store(source, part, tok, "data.train")
     if d.eval:
@@ -190,5 +227,11 @@ def prepare_data(recipe: Recipe, out_dir: Path | None = None, tokenizer_file: Pa
         shutil.copyfile(Path(recipe.base_dir, recipe.tokenizer.path), out_dir / "tokenizer.json")
     elif out_dir is not None and not tokenizer_file:
         tok.save(str(out_dir / "tokenizer.json"))
-    return RunData(tokenizer=tok, specials=specials_of(recipe, tok), train=train, eval=evals, documents=blocks.documents,
-                   warnings=eval_size_warnings(recipe, evals))
+    return RunData(
+        tokenizer=tok,
+        specials=specials_of(recipe, tok),
+        train=train,
+        eval=evals,
+        documents=blocks.documents,
+        warnings=eval_size_warnings(recipe, evals),
+    )

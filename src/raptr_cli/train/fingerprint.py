@@ -26,7 +26,7 @@ def data_fingerprint(train: torch.Tensor, eval_: torch.Tensor) -> str:
     for t in (train, eval_):
         h.update(f"{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())  # no two splits collide
         # a token store's view (data/store.py) is read a chunk of rows at a time: RSS stays flat
-        for chunk in (t.chunks() if hasattr(t, "chunks") else (t,)):
+        for chunk in t.chunks() if hasattr(t, "chunks") else (t,):
             h.update(chunk.contiguous().numpy())
     return h.hexdigest()[:24]
 
@@ -46,10 +46,13 @@ def check_same_data(ckpt: Path, saved: dict, now: TrainState, recipe: Recipe) ->
                 f"{ckpt}: the data changed since the run started ({blocks_then[0]} train / {blocks_then[1]} eval "
                 f"blocks then, {blocks_now[0]} / {blocks_now[1]} now, from {named}), so the resumed run would "
                 "see a different data order",
-                hint="Resume with the data the run was started with (the files named in OUT/recipe.toml).")
-        return (f"{ckpt} predates data fingerprints: only the block counts of {named} were checked "
-                "(a reordered or edited file with as many blocks would go unnoticed); this run's new "
-                "checkpoints record the fingerprint")
+                hint="Resume with the data the run was started with (the files named in OUT/recipe.toml).",
+            )
+        return (
+            f"{ckpt} predates data fingerprints: only the block counts of {named} were checked "
+            "(a reordered or edited file with as many blocks would go unnoticed); this run's new "
+            "checkpoints record the fingerprint"
+        )
     if saved[KEY] != now.data_fingerprint:
         raise UserError(
             f"--resume: the training data changed since {ckpt} was written: {named} now packs into other "
@@ -57,5 +60,6 @@ def check_same_data(ckpt: Path, saved: dict, now: TrainState, recipe: Recipe) ->
             f"{blocks_then[0] if blocks_then else '?'} / {blocks_now[0]} train blocks), so the resumed run "
             "would see different batches than the run it continues",
             hint="Put back the files the run was started with (named in OUT/recipe.toml, same content and "
-                 "line order), or start a new run (another --out, or --overwrite).")
+            "line order), or start a new run (another --out, or --overwrite).",
+        )
     return None

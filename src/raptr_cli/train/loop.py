@@ -53,35 +53,51 @@ class TrainingDiverged(Exception):
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, out: Path, accelerator, console: Sink | None = None,
-                 resume: bool = False):
+    def __init__(self, recipe: Recipe, out: Path, accelerator, console: Sink | None = None, resume: bool = False):
         self.r, self.out, self.acc = recipe, out, accelerator
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.device = accelerator.device
         t = recipe.train
         if t.batch_size % self.world:
-            raise UserError(f"train.batch_size = {t.batch_size} is not divisible by the {self.world} processes",
-                            hint="Pick a batch size that splits evenly over the processes.")
+            raise UserError(
+                f"train.batch_size = {t.batch_size} is not divisible by the {self.world} processes",
+                hint="Pick a batch size that splits evenly over the processes.",
+            )
         self.precision = effective_precision(t.precision, self.device.type == "cuda")
         # FSDP when accelerate was launched with it (train/sharding.py); checked before any file is written
         self.sharded = self.world > 1 and fsdp_requested(accelerator)
         reshard = fsdp_options()["reshard_after_forward"] if self.sharded else True
-        self.layout = {"processes": self.world, "rank": self.rank, "sharded": self.sharded,
-                       "reshard_after_forward": reshard}
+        self.layout = {
+            "processes": self.world,
+            "rank": self.rank,
+            "sharded": self.sharded,
+            "reshard_after_forward": reshard,
+        }
         if self.sharded and method_class(recipe.schedule.method).grows:
-            raise UserError(f"schedule.method = \"{recipe.schedule.method}\" cannot run sharded (FSDP): growing the model "
-                            "copies blocks that are split across processes",
-                            hint=f"Launch {recipe.schedule.method} with --multi_gpu (replicated) instead of FSDP.")
+            raise UserError(
+                f'schedule.method = "{recipe.schedule.method}" cannot run sharded (FSDP): growing the model '
+                "copies blocks that are split across processes",
+                hint=f"Launch {recipe.schedule.method} with --multi_gpu (replicated) instead of FSDP.",
+            )
         self.resume_from = ckpt.pick_resume_checkpoint(out) if resume else None
         tok_file = out / "tokenizer.json" if resume and (out / "tokenizer.json").is_file() else None
         with accelerator.main_process_first():  # rank 0 fills the tokenizer/block caches, the others read them
             self.data: RunData = prepare_data(recipe, out if accelerator.is_main_process else None, tok_file)
         self.cfg = resolve_model_config(recipe, vocab_size=self.data.vocab_size)
-        self.plan: Plan = build_plan(recipe.schedule, self.cfg.num_layers, t.steps, recipe.tokens_per_step, recipe.run.seed,
-                                     (self.cfg.num_heads, self.cfg.intermediate_size))
+        self.plan: Plan = build_plan(
+            recipe.schedule,
+            self.cfg.num_layers,
+            t.steps,
+            recipe.tokens_per_step,
+            recipe.run.seed,
+            (self.cfg.num_heads, self.cfg.intermediate_size),
+        )
         if self.sharded and self.plan.narrow:
-            raise UserError("schedule.stages: heads_fraction / mlp_fraction cannot run sharded (FSDP): the masked "
-                            "update restores slices of whole parameters", hint="Launch with --multi_gpu instead.")
+            raise UserError(
+                "schedule.stages: heads_fraction / mlp_fraction cannot run sharded (FSDP): the masked "
+                "update restores slices of whole parameters",
+                hint="Launch with --multi_gpu instead.",
+            )
         self.dims = model_dims(self.cfg, t.seq_len)
         sp = self.data.specials
         self.objective = objective_for(recipe, sp, self.data.vocab_size)
@@ -89,10 +105,13 @@ class Trainer:
         self.warmup = warmup_steps_of(recipe.optim, t.steps)
         self.peak = device_peak(self.device, self.precision)
         self.state = TrainState(
-            world_size=self.world, depth=self.plan.stages[0].depth, sharded=self.sharded,
+            world_size=self.world,
+            depth=self.plan.stages[0].depth,
+            sharded=self.sharded,
             data_blocks=[len(self.data.train), len(self.data.eval)],
             data_fingerprint=data_fingerprint(self.data.train, self.data.eval),
-            tokenizer_sha256=sha256_file(out / "tokenizer.json") if accelerator.is_main_process else None)  # rank 0 writes
+            tokenizer_sha256=sha256_file(out / "tokenizer.json") if accelerator.is_main_process else None,
+        )  # rank 0 writes
         self._build(self.state.depth)
         self.step = 0
         self.last_eval: dict | None = None
@@ -150,24 +169,29 @@ class Trainer:
         st, conf = info["state"], info["config"]
         if st.get("sharded", False) != self.sharded:
             how = {True: "sharded (FSDP)", False: "replicated"}
-            raise UserError(f"{path} was written by a {how[st.get('sharded', False)]} run, this run is "
-                            f"{how[self.sharded]}",
-                            hint="Resume with the launch configuration the run was started with.")
+            raise UserError(
+                f"{path} was written by a {how[st.get('sharded', False)]} run, this run is {how[self.sharded]}",
+                hint="Resume with the launch configuration the run was started with.",
+            )
         if st.get("world_size", 1) != self.world:
             raise UserError(
                 f"{path} was written by {st.get('world_size')} processes, this run has {self.world}",
                 hint="Resume with the same number of processes (exact resume replays each rank's data).",
             )
         if conf.get("vocab_size") != self.cfg.vocab_size or conf.get("hidden_size") != self.cfg.hidden_size:
-            raise UserError(f"{path} belongs to another model configuration",
-                            hint="Resume with the recipe the run was started with (OUT/recipe.toml).")
+            raise UserError(
+                f"{path} belongs to another model configuration",
+                hint="Resume with the recipe the run was started with (OUT/recipe.toml).",
+            )
         note = check_same_data(path, st, self.state, self.r)
         if note and self.acc.is_main_process:
             print(f"raptr: note: {note}", file=sys.stderr, flush=True)
         if st.get("depth", 0) > self.cfg.num_layers or "depth" not in st:  # (its type: read_state)
-            raise UserError(f"{path / 'trainer_state.json'}: depth = {st.get('depth')} does not fit the "
-                            f"model's {self.cfg.num_layers} layers",
-                            hint="Delete that checkpoint to resume from the previous one.")
+            raise UserError(
+                f"{path / 'trainer_state.json'}: depth = {st.get('depth')} does not fit the "
+                f"model's {self.cfg.num_layers} layers",
+                hint="Delete that checkpoint to resume from the previous one.",
+            )
         if st["depth"] != self.state.depth:
             self._build(st["depth"])
         if self.sharded:  # every rank reads the full tensors, then keeps its shards
@@ -199,7 +223,9 @@ class Trainer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
         with_grad = [p for p in params if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(with_grad, r.optim.grad_clip if r.optim.grad_clip > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            with_grad, r.optim.grad_clip if r.optim.grad_clip > 0 else float("inf")
+        )
         lr = self._lr(step)
         # the loss is only this rank's share, so ranks > 1 decide on the (shared) grad norm alone
         if not (math.isfinite(float(grad_norm)) and (self.world > 1 or math.isfinite(float(loss)))):
@@ -209,12 +235,15 @@ class Trainer:
             skipped = self.state.skipped_steps or 0
             if r.train.nan_policy == "skip" and skipped < r.train.max_skipped_steps:
                 self.state.skipped_steps = skipped + 1
-                self.log.log({"event": "skipped_step", "step": step + 1, "loss": float(loss), "grad_norm": float(grad_norm)})
+                self.log.log(
+                    {"event": "skipped_step", "step": step + 1, "loss": float(loss), "grad_norm": float(grad_norm)}
+                )
                 return grad_norm, lr
             raise TrainingDiverged(
                 f"the loss or gradient became non-finite at step {step + 1} (loss {float(loss)}, grad norm "
                 f"{float(grad_norm)}); {where}. Lower optim.lr, raise optim.warmup_steps, or set "
-                f"train.nan_policy = \"skip\".")
+                f'train.nan_policy = "skip".'
+            )
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.step()
@@ -249,8 +278,15 @@ class Trainer:
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return None
-        path = ckpt.save_checkpoint(self.out, self.step, model, opt_state, self.state.to_json(), self.r.model.arch,
-                                    self.r.train.keep_checkpoints)
+        path = ckpt.save_checkpoint(
+            self.out,
+            self.step,
+            model,
+            opt_state,
+            self.state.to_json(),
+            self.r.model.arch,
+            self.r.train.keep_checkpoints,
+        )
         self.log.log({"event": "checkpoint", "step": self.step, "path": str(path.relative_to(self.out))})
         self.acc.wait_for_everyone()
         return path
@@ -259,11 +295,27 @@ class Trainer:
         t = self.r.train
         # sharded: every rank runs every eval batch, so all ranks make the same collective calls
         rank, world = (0, 1) if self.sharded else (self.rank, self.world)
-        res = evaluate(self.model, self.data.eval, t.batch_size, t.eval_batches, self.objective, self.r.run.seed,
-                       self.precision, rank, world, unigram=self.floor.log_probs())
+        res = evaluate(
+            self.model,
+            self.data.eval,
+            t.batch_size,
+            t.eval_batches,
+            self.objective,
+            self.r.run.seed,
+            self.precision,
+            rank,
+            world,
+            unigram=self.floor.log_probs(),
+        )
         full = self.state.depth == self.cfg.num_layers
-        row = {"step": self.step, **res, "eval_depth": self.state.depth, "eval_full_model": full,
-               "flops": self.state.flops, "tokens": self.state.tokens}
+        row = {
+            "step": self.step,
+            **res,
+            "eval_depth": self.state.depth,
+            "eval_full_model": full,
+            "flops": self.state.flops,
+            "tokens": self.state.tokens,
+        }
         self.log.log(row)
         self.last_eval = row
         return row
@@ -313,16 +365,25 @@ class Trainer:
             batch, n_global = batches.get(step)
             meter.batch_ready()
             torch.manual_seed(step_seed(r.run.seed, step, 1 + self.rank))  # dropout: pure function of step
-            loss = forward_backward(self.model, batch, n_global, micro, run_layers, scales, self.precision,
-                                    subnet if subnet.narrow else None)
+            loss = forward_backward(
+                self.model,
+                batch,
+                n_global,
+                micro,
+                run_layers,
+                scales,
+                self.precision,
+                subnet if subnet.narrow else None,
+            )
             if not self.sharded:  # FSDP reduce-scatters in backward
                 sync_gradients(params)
             vote = self.stop.vote()  # before the optimizer step: see stopping.py
             with masked_update(self.opt, self.model, subnet):  # dropped heads/units: untouched (width.py)
                 grad_norm, lr = self._apply(step, params, loss)
             self.step = step + 1
-            meter.count(tokens, step_flops(self.dims, len(layers), tokens, n_global, stage.heads_fraction,
-                                           stage.mlp_fraction))
+            meter.count(
+                tokens, step_flops(self.dims, len(layers), tokens, n_global, stage.heads_fraction, stage.mlp_fraction)
+            )
             self.stages.step_done(self._log_step(stage, len(layers), loss, lr, grad_norm, meter))
             meter.end_step()
 
@@ -335,8 +396,9 @@ class Trainer:
                 where = f"; checkpoint saved to {path}" if path is not None else ""
                 raise Interrupted(f"interrupted at step {self.step}{where}")
 
-    def _log_step(self, stage, path_length: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
-                  meter: Throughput) -> float | None:
+    def _log_step(
+        self, stage, path_length: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor, meter: Throughput
+    ) -> float | None:
         """Log the step just taken when it is due (every log_every steps, and a stage's first and
         last step); returns its loss then, else None."""
         t, step = self.r.train, self.step - 1
@@ -345,9 +407,20 @@ class Trainer:
             return None
         loss_val = float(loss) if self.world == 1 else _mean_over_ranks(loss)
         st = self.state
-        self.log.log({"step": self.step, "stage": stage.index, "path_length": path_length, "depth": st.depth,
-                      "loss": loss_val, "lr": lr, "tokens": st.tokens, "flops": st.flops, **meter.rates(),
-                      "grad_norm": float(grad_norm)})
+        self.log.log(
+            {
+                "step": self.step,
+                "stage": stage.index,
+                "path_length": path_length,
+                "depth": st.depth,
+                "loss": loss_val,
+                "lr": lr,
+                "tokens": st.tokens,
+                "flops": st.flops,
+                **meter.rates(),
+                "grad_norm": float(grad_norm),
+            }
+        )
         self.stages.logged(step, stage, loss_val, meter.at_step_start())
         return loss_val
 
@@ -367,9 +440,14 @@ class Trainer:
         self._checkpoint(full)
         if self.acc.is_main_process:
             ckpt.save_final(self.out, full[0], self.r.model.arch)
-            summary = {"event": "run_end", "step": self.step, "tokens": self.state.tokens,
-                       "peak_rss_mb": peak_rss_mb(),
-                       "flops": self.state.flops, "elapsed_s": round(self.state.elapsed_s, 3)}
+            summary = {
+                "event": "run_end",
+                "step": self.step,
+                "tokens": self.state.tokens,
+                "peak_rss_mb": peak_rss_mb(),
+                "flops": self.state.flops,
+                "elapsed_s": round(self.state.elapsed_s, 3),
+            }
             summary.update(eval_loss=ev["eval_loss"], **{k: ev.get(k) for k in floor.KEYS})
             self.log.log(summary)
         return ev

@@ -31,8 +31,11 @@ class JsonlSink:
         self.path = path
         if truncate_after_step is not None and path.exists():
             # On resume, drop rows the resumed run will log again so the curve has no duplicates.
-            keep = [line for line in path.read_text().splitlines()
-                    if (row := _parse(line)) is not None and row.get("step", 0) <= truncate_after_step]
+            keep = [
+                line
+                for line in path.read_text().splitlines()
+                if (row := _parse(line)) is not None and row.get("step", 0) <= truncate_after_step
+            ]
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text("".join(line + "\n" for line in keep))
             os.replace(tmp, path)  # a crash mid-rewrite keeps the old history

@@ -41,16 +41,23 @@ class Prefetcher:
     worker (the loop may stop early: a signal, a NaN, an exception); it is idempotent.
     """
 
-    def __init__(self, make: Callable[[int], Any], start: int, stop: int, *, pin: bool = False,
-                 depth: int = 2, background: bool = True):
+    def __init__(
+        self,
+        make: Callable[[int], Any],
+        start: int,
+        stop: int,
+        *,
+        pin: bool = False,
+        depth: int = 2,
+        background: bool = True,
+    ):
         self._make, self._pin = make, pin
         self._next, self._stop_at = start, stop
         self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = None
         if background:
-            self._thread = threading.Thread(target=self._work, args=(start, stop), name="raptr-prefetch",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._work, args=(start, stop), name="raptr-prefetch", daemon=True)
             self._thread.start()
 
     def _put(self, entry: tuple) -> bool:

@@ -55,8 +55,15 @@ class RunResult:
     """This process wrote the run directory (rank 0 of a launch)."""
 
 
-def run_recipe(recipe: Recipe, out: Path, resume: bool = False, overwrite: bool = False,
-               sink: Reporter | None = None, *, memory_check: bool = True) -> RunResult:
+def run_recipe(
+    recipe: Recipe,
+    out: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    sink: Reporter | None = None,
+    *,
+    memory_check: bool = True,
+) -> RunResult:
     """Train `recipe` into the run directory `out` (new; the run there with `resume`; replacing it
     with `overwrite`). Under `accelerate launch` every rank calls it; rank 0 writes `out`.
     `memory_check=False` starts even when the memory estimate exceeds the device's."""
@@ -69,7 +76,9 @@ def run_recipe(recipe: Recipe, out: Path, resume: bool = False, overwrite: bool 
     if memory_check:  # before any file is written or the tokenizer trainer runs
         from ..planning import effective_precision, launch_layout
 
-        check_memory_fits(recipe, launch_layout(), effective_precision(recipe.train.precision, torch.cuda.is_available()))
+        check_memory_fits(
+            recipe, launch_layout(), effective_precision(recipe.train.precision, torch.cuda.is_available())
+        )
     from accelerate import Accelerator
 
     from .rundir import RunLock
@@ -123,15 +132,19 @@ def _train(r: Recipe, out: Path, acc, sink: Reporter | None, resume: bool, overw
                 write_recipe(r, out)
         if resume and trainer.step >= r.train.steps and (out / "final").is_dir():
             if sink is not None:
-                sink.note(f"{out} already finished all {r.train.steps} steps; nothing to do "
-                          "(raise train.steps in a new run to train longer)")
+                sink.note(
+                    f"{out} already finished all {r.train.steps} steps; nothing to do "
+                    "(raise train.steps in a new run to train longer)"
+                )
             return RunResult(out, trainer.step, trainer.state, None, trained=False, main_process=main)
         if sink is not None:
             from ..planning import describe_run
 
             for w in trainer.data.warnings:
                 sink.warn(w)
-            plan = describe_run(r, vocab_size=trainer.data.vocab_size, layout=trainer.layout, precision=trainer.precision)
+            plan = describe_run(
+                r, vocab_size=trainer.data.vocab_size, layout=trainer.layout, precision=trainer.precision
+            )
             sink.show_plan(plan, resumed_at=trainer.step if resume else None)
         final_eval = trainer.run()
     except Interrupted as e:
@@ -143,7 +156,9 @@ def _train(r: Recipe, out: Path, acc, sink: Reporter | None, resume: bool, overw
     except OSError as e:
         if e.errno not in ckpt.DISK_FULL:
             raise
-        raise RunStopped("disk_full", f"disk full at {e.filename or out}, {ckpt.intact_checkpoint(out)}", True) from None
+        raise RunStopped(
+            "disk_full", f"disk full at {e.filename or out}, {ckpt.intact_checkpoint(out)}", True
+        ) from None
     return RunResult(out, trainer.step, trainer.state, final_eval, trained=True, main_process=main)
 
 
@@ -181,7 +196,9 @@ def _check_resume_recipe(recipe: Recipe, out: Path) -> None:
 
     saved_path = out / "recipe.toml"
     if not saved_path.is_file():
-        raise UserError(f"--resume: {saved_path} is missing", hint="Resume needs the run directory that pretrain wrote.")
+        raise UserError(
+            f"--resume: {saved_path} is missing", hint="Resume needs the run directory that pretrain wrote."
+        )
     saved = tomllib.loads(saved_path.read_text())
     legacy = "split_seed" not in saved.get("data", {})
     if legacy:  # a run from before data.split_seed: its blocks were held out by run.seed
@@ -192,10 +209,13 @@ def _check_resume_recipe(recipe: Recipe, out: Path) -> None:
     if diff:
         hint = f"Resume with `raptr pretrain {saved_path} --out {out} --resume` to continue exactly"
         if legacy and "data.split_seed" in diff:
-            hint += (f", adding --set data.split_seed={saved['data']['split_seed']} (the run predates "
-                     "data.split_seed: its eval split followed run.seed)")
-        raise UserError(f"--resume: the recipe differs from the run's {saved_path} in: {', '.join(diff)}",
-                        hint=hint + ".")
+            hint += (
+                f", adding --set data.split_seed={saved['data']['split_seed']} (the run predates "
+                "data.split_seed: its eval split followed run.seed)"
+            )
+        raise UserError(
+            f"--resume: the recipe differs from the run's {saved_path} in: {', '.join(diff)}", hint=hint + "."
+        )
 
 
 def check_writable(out: Path) -> None:
@@ -208,8 +228,10 @@ def check_writable(out: Path) -> None:
         probe.touch(exist_ok=False)
         probe.unlink()
     except OSError as e:
-        raise UserError(f"--out {out} is not writable ({e.strerror or e})",
-                        hint="Point --out at a directory you can write, or fix its permissions.") from None
+        raise UserError(
+            f"--out {out} is not writable ({e.strerror or e})",
+            hint="Point --out at a directory you can write, or fix its permissions.",
+        ) from None
 
 
 def check_memory_fits(recipe: Recipe, layout: dict, precision: str) -> None:
@@ -220,8 +242,17 @@ def check_memory_fits(recipe: Recipe, layout: dict, precision: str) -> None:
 
 
 # accelerate tracker name -> the module it needs
-TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
-                   "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+TRACKER_MODULES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
 
 
 def check_trackers(names: list[str]) -> None:
@@ -231,8 +262,13 @@ def check_trackers(names: list[str]) -> None:
         if n not in TRACKER_MODULES:
             problems.append(f"log.trackers[{i}] = {n!r}: not an accelerate tracker ({', '.join(TRACKER_MODULES)})")
         elif importlib.util.find_spec(TRACKER_MODULES[n]) is None:
-            problems.append(f"log.trackers[{i}] = {n!r}: the package {TRACKER_MODULES[n]!r} is not installed "
-                            f"(pip install {TRACKER_MODULES[n]})")
+            problems.append(
+                f"log.trackers[{i}] = {n!r}: the package {TRACKER_MODULES[n]!r} is not installed "
+                f"(pip install {TRACKER_MODULES[n]})"
+            )
     if problems:
-        raise UserError("log.trackers names trackers that cannot be used:", problems=problems,
-                        hint="Install the package or remove the tracker; metrics.jsonl is always written.")
+        raise UserError(
+            "log.trackers names trackers that cannot be used:",
+            problems=problems,
+            hint="Install the package or remove the tracker; metrics.jsonl is always written.",
+        )

@@ -36,8 +36,9 @@ def _make_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create the directory ({e.strerror})",
-                        hint="Point --out at a writable directory path.") from None
+        raise UserError(
+            f"--out {out}: cannot create the directory ({e.strerror})", hint="Point --out at a writable directory path."
+        ) from None
 
 
 def _holder(fd: int) -> str:
@@ -51,8 +52,10 @@ def _holder(fd: int) -> str:
 
 
 def _in_use(out: Path, pid: str) -> UserError:
-    return UserError(f"{out} is in use by another raptr process (PID {pid}) that is writing this run",
-                     hint=f"Wait for it to finish or stop it (kill {pid}), or use another --out directory.")
+    return UserError(
+        f"{out} is in use by another raptr process (PID {pid}) that is writing this run",
+        hint=f"Wait for it to finish or stop it (kill {pid}), or use another --out directory.",
+    )
 
 
 class RunLock:
@@ -73,8 +76,10 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise UserError(f"--out {self.out}: cannot create {self.path} ({e.strerror})",
-                                hint="Point --out at a directory you can write to.") from None
+                raise UserError(
+                    f"--out {self.out}: cannot create {self.path} ({e.strerror})",
+                    hint="Point --out at a directory you can write to.",
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -82,8 +87,10 @@ class RunLock:
                 os.close(fd)
                 if pid is not None:
                     raise _in_use(self.out, pid) from None
-                raise UserError(f"--out {self.out}: cannot lock {self.path} ({e.strerror})",
-                                hint="The file system does not support file locks; use a local directory.") from None
+                raise UserError(
+                    f"--out {self.out}: cannot lock {self.path} ({e.strerror})",
+                    hint="The file system does not support file locks; use a local directory.",
+                ) from None
             # a holder that just finished removes the file: if ours is no longer the one at the path,
             # a third process may lock the new one, so start over on it
             try:
@@ -135,8 +142,11 @@ def refuse_if_running(run_dir: Path) -> None:
 def _has_own_run(out: Path) -> bool:
     """OUT holds progress of its own: a checkpoint, final/, or a logged row."""
     metrics = out / "metrics.jsonl"
-    return bool(ckpt.list_checkpoints(out) or (out / "final").exists()
-                or (metrics.is_file() and metrics.read_text(errors="replace").strip()))
+    return bool(
+        ckpt.list_checkpoints(out)
+        or (out / "final").exists()
+        or (metrics.is_file() and metrics.read_text(errors="replace").strip())
+    )
 
 
 def recover_overwritten(out: Path) -> tuple[list[str], list[str]]:
@@ -152,14 +162,15 @@ def recover_overwritten(out: Path) -> tuple[list[str], list[str]]:
     if not out.is_dir():
         return notes, warnings
     for hidden in sorted(p for p in out.glob(f"{SET_ASIDE}*") if p.is_dir()):
-        pid = hidden.name[len(SET_ASIDE):]
+        pid = hidden.name[len(SET_ASIDE) :]
         entries = sorted(hidden.iterdir())
         clashes = [p.name for p in entries if (out / p.name).exists()]
         if clashes and _has_own_run(out):
             warnings.append(
                 f"{hidden} holds a run that an interrupted --overwrite (process {pid}, no longer running) "
                 f"set aside, and {out} holds another run ({', '.join(clashes)}): it was left untouched. "
-                f"Move it elsewhere to keep it, or delete it (rm -r {hidden}).")
+                f"Move it elsewhere to keep it, or delete it (rm -r {hidden})."
+            )
             continue
         for name in clashes:  # the interrupted start's own files: nothing trained with them
             dst = out / name
@@ -168,8 +179,9 @@ def recover_overwritten(out: Path) -> tuple[list[str], list[str]]:
             os.replace(p, out / p.name)
         hidden.rmdir()
         if entries:
-            notes.append(f"restored the run in {out} that an interrupted --overwrite (process {pid}) had set "
-                         f"aside in {hidden}")
+            notes.append(
+                f"restored the run in {out} that an interrupted --overwrite (process {pid}) had set aside in {hidden}"
+            )
     return notes, warnings
 
 
@@ -235,10 +247,11 @@ def resolved_toml(recipe: Recipe) -> str:
     data = replace(recipe).data
     import dataclasses
 
-    fixed = replace(recipe,
-                    data=dataclasses.replace(data, train=[absolute(s) for s in data.train],
-                                             eval=[absolute(s) for s in data.eval]),
-                    tokenizer=dataclasses.replace(recipe.tokenizer, path=absolute(recipe.tokenizer.path)))
+    fixed = replace(
+        recipe,
+        data=dataclasses.replace(data, train=[absolute(s) for s in data.train], eval=[absolute(s) for s in data.eval]),
+        tokenizer=dataclasses.replace(recipe.tokenizer, path=absolute(recipe.tokenizer.path)),
+    )
     return fixed.to_toml()
 
 

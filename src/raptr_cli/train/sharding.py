@@ -68,8 +68,12 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
     return msd, osd
 
 
-def load_full_state(model: nn.Module, model_state: dict, optimizer: torch.optim.Optimizer | None = None,
-                    optimizer_state: dict | None = None) -> None:
+def load_full_state(
+    model: nn.Module,
+    model_state: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    optimizer_state: dict | None = None,
+) -> None:
     """Shard full state dicts (present on every rank) into the sharded model and optimizer."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 

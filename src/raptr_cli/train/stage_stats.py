@@ -29,8 +29,16 @@ class StageTracker:
         if step == stage.start and stage.index > 0 and last_loss is not None:
             # stamped like the training row of the same step (step + 1), so a resume from the
             # boundary checkpoint (which keeps rows <= its step) logs it exactly once
-            self.log.log({"event": "transition", "step": step + 1, "from_stage": stage.index - 1,
-                          "to_stage": stage.index, "loss_before": last_loss, "loss_after": loss})
+            self.log.log(
+                {
+                    "event": "transition",
+                    "step": step + 1,
+                    "from_stage": stage.index - 1,
+                    "to_stage": stage.index,
+                    "loss_before": last_loss,
+                    "loss_after": loss,
+                }
+            )
             s["loss_after_transition"], s["loss_before_transition"] = loss, last_loss
         s["loss_end"] = loss
 
@@ -44,16 +52,28 @@ class StageTracker:
         elapsed = st.elapsed_s - s["elapsed_start"]  # wall time, evals included
         train_s = st.train_s - s.get("train_start", 0.0)  # training steps only
         tokens = st.tokens - s["tokens_start"]
-        self.log.log({
-            "event": "stage_end", "step": step, "stage": stage.index, "method": method,
-            "path_length": stage.path_length, "keep_prob": stage.keep_prob, "depth": stage.depth,
-            "steps": stage.end - stage.start, "tokens": tokens, "flops": st.flops,
-            "loss_start": s.get("loss_start"), "loss_end": s.get("loss_end"),
-            "loss_before_transition": s.get("loss_before_transition"),
-            "loss_after_transition": s.get("loss_after_transition"),
-            "eval_loss": ev["eval_loss"], "eval_full_model": ev["eval_full_model"],
-            **{k: ev.get(k) for k in floor.KEYS},
-            "tokens_per_s": tokens / max(train_s, 1e-9), "wall_s": round(elapsed, 3),
-            "tflops_per_s": (st.flops - s["flops_start"]) / max(train_s, 1e-9) / 1e12,
-            "data_share": (st.data_s - s["data_start"]) / max(train_s, 1e-9),
-        })
+        self.log.log(
+            {
+                "event": "stage_end",
+                "step": step,
+                "stage": stage.index,
+                "method": method,
+                "path_length": stage.path_length,
+                "keep_prob": stage.keep_prob,
+                "depth": stage.depth,
+                "steps": stage.end - stage.start,
+                "tokens": tokens,
+                "flops": st.flops,
+                "loss_start": s.get("loss_start"),
+                "loss_end": s.get("loss_end"),
+                "loss_before_transition": s.get("loss_before_transition"),
+                "loss_after_transition": s.get("loss_after_transition"),
+                "eval_loss": ev["eval_loss"],
+                "eval_full_model": ev["eval_full_model"],
+                **{k: ev.get(k) for k in floor.KEYS},
+                "tokens_per_s": tokens / max(train_s, 1e-9),
+                "wall_s": round(elapsed, 3),
+                "tflops_per_s": (st.flops - s["flops_start"]) / max(train_s, 1e-9) / 1e12,
+                "data_share": (st.data_s - s["data_start"]) / max(train_s, 1e-9),
+            }
+        )

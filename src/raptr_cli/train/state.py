@@ -42,8 +42,11 @@ class TrainState:
 
     def to_json(self) -> dict:
         """The trainer_state.json object, less the `step` that the checkpoint adds."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "skipped_steps" or self.skipped_steps is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "skipped_steps" or self.skipped_steps is not None
+        }
 
     def update(self, saved: dict) -> None:
         """Take the counters of a checkpoint's state (validated by checkpoint.read_state)."""

@@ -33,8 +33,9 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def train_batch(blocks: torch.Tensor, objective, batch_size: int, seed: int, step: int, lo: int = 0,
-                hi: int | None = None) -> tuple[dict, int]:
+def train_batch(
+    blocks: torch.Tensor, objective, batch_size: int, seed: int, step: int, lo: int = 0, hi: int | None = None
+) -> tuple[dict, int]:
     """The inputs of optimizer step `step` (a pure function of (seed, step)): the step's rows of the
     packed blocks, masked or corrupted by the objective, cut to this rank's rows [lo, hi), and the
     number of labelled positions in the whole global batch (the loss is normalised by it)."""
@@ -50,9 +51,16 @@ def _rows(batch: dict, lo: int, hi: int, device: torch.device) -> dict:
     return {k: v[lo:hi].to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def forward_backward(model, batch: dict, n_global: int, micro: int,
-                     layers: list[int] | None, scales: list[float] | None, precision: str,
-                     subnet: Subnet | None = None) -> torch.Tensor:
+def forward_backward(
+    model,
+    batch: dict,
+    n_global: int,
+    micro: int,
+    layers: list[int] | None,
+    scales: list[float] | None,
+    precision: str,
+    subnet: Subnet | None = None,
+) -> torch.Tensor:
     """Forward+backward over this rank's rows of `batch` in micro-batches; returns the summed loss share.
     `subnet`: the step's whole Subnet when it drops heads or units (its layers and scales are then the
     `layers` and `scales` given); None runs `layers` at `scales`.
@@ -65,7 +73,7 @@ def forward_backward(model, batch: dict, n_global: int, micro: int,
     total = torch.zeros((), device=device)
     n_rows = batch["input_ids"].shape[0]
     for lo in range(0, n_rows, micro):
-        index = labelled_index(batch["labels"][lo:lo + micro])  # on the host batch: no device sync
+        index = labelled_index(batch["labels"][lo : lo + micro])  # on the host batch: no device sync
         n = index.numel()
         mb = _rows(batch, lo, lo + micro, device)
         # a micro-batch without targets still runs (its loss is 0 x graph): every rank must end with
@@ -90,7 +98,7 @@ def sync_gradients(params: list[torch.nn.Parameter]) -> None:
     dist.all_reduce(flat)
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -104,9 +112,19 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(model, blocks: torch.Tensor, batch_size: int, n_batches: int, objective, seed: int,
-             precision: str, rank: int = 0, world: int = 1, layers: list[int] | None = None,
-             unigram: torch.Tensor | None = None) -> dict:
+def evaluate(
+    model,
+    blocks: torch.Tensor,
+    batch_size: int,
+    n_batches: int,
+    objective,
+    seed: int,
+    precision: str,
+    rank: int = 0,
+    world: int = 1,
+    layers: list[int] | None = None,
+    unigram: torch.Tensor | None = None,
+) -> dict:
     """Mean loss and token accuracy over fixed eval batches (inputs fixed by (seed, batch index)),
     plus, for objectives with groups (UL2 denoisers), the loss of each group.
 
@@ -122,12 +140,15 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int, n_batches: int, objec
     sums = [0.0] * (u0 + 3)  # loss*n, correct, n, (loss*n, n) per group, then the floor's 3 sums
     n_batches = min(n_batches, max(1, len(blocks) // batch_size))
     for b in range(rank, n_batches, world):
-        rows = blocks[b * batch_size:(b + 1) * batch_size]
+        rows = blocks[b * batch_size : (b + 1) * batch_size]
         if len(rows) == 0:
             break
         batch, groups = objective.batch(rows, seed ^ 0x5EED, b)
-        parts = [(None, slice(None))] if groups is None else \
-            [(g, groups == g) for g in range(len(names)) if bool((groups == g).any())]
+        parts = (
+            [(None, slice(None))]
+            if groups is None
+            else [(g, groups == g) for g in range(len(names)) if bool((groups == g).any())]
+        )
         for g, sel in parts:
             index = labelled_index(batch["labels"][sel])
             n = index.numel()
@@ -149,8 +170,11 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int, n_batches: int, objec
     if world > 1:
         sums = all_sum(sums, device)
     model.train(was_training)
-    res = {"eval_loss": sums[0] / max(sums[2], 1), "eval_accuracy": sums[1] / max(sums[2], 1),
-           "eval_tokens": int(sums[2])}
+    res = {
+        "eval_loss": sums[0] / max(sums[2], 1),
+        "eval_accuracy": sums[1] / max(sums[2], 1),
+        "eval_tokens": int(sums[2]),
+    }
     if unigram is not None:
         from ..floor import floor_fields
 
@@ -158,13 +182,22 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int, n_batches: int, objec
         if 0 < int(sums[u0 + 2]) != res["eval_tokens"]:  # UL2: the floor leaves the marker targets out
             res["eval_loss_at_unigram_positions"] = sums[u0 + 1] / max(sums[u0 + 2], 1)
     if names:
-        res["eval_loss_by_denoiser"] = {name: sums[3 + 2 * i] / sums[4 + 2 * i]
-                                        for i, name in enumerate(names) if sums[4 + 2 * i] > 0}
+        res["eval_loss_by_denoiser"] = {
+            name: sums[3 + 2 * i] / sums[4 + 2 * i] for i, name in enumerate(names) if sums[4 + 2 * i] > 0
+        }
     return res
 
 
-def _floor_sums(sums: list[float], u0: int, unigram: torch.Tensor, labels: torch.Tensor,
-                logits: torch.Tensor, y: torch.Tensor, loss_sum: float, n: int) -> None:
+def _floor_sums(
+    sums: list[float],
+    u0: int,
+    unigram: torch.Tensor,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    loss_sum: float,
+    n: int,
+) -> None:
     """Add the unigram's and the model's summed loss, and the count, over the labels (host, B x T)
     the unigram can score (not special), to sums[u0:u0 + 3]."""
     lp = unigram[labels[labels != -100].long()]  # (n,) in the row-major order of the logits

@@ -49,8 +49,12 @@ class Throughput:
         now = time.perf_counter()
         self.state.elapsed_s = now - self.t_start
         span = max(now - self.window_t, 1e-9)
-        row = {"elapsed_s": round(self.state.elapsed_s, 3), "tokens_per_s": self.tokens / span,
-               "tflops_per_s": self.flops / span / 1e12, "data_share": self.data / span}
+        row = {
+            "elapsed_s": round(self.state.elapsed_s, 3),
+            "tokens_per_s": self.tokens / span,
+            "tflops_per_s": self.flops / span / 1e12,
+            "data_share": self.data / span,
+        }
         if self.peak:  # MFU against the dense bf16/fp32 peak of the GPU model, all ranks
             row["mfu"] = row["tflops_per_s"] * 1e12 / (self.peak * self.world)
         self._window(now)
@@ -59,9 +63,13 @@ class Throughput:
     def at_step_start(self) -> dict:
         """The run's counters as they stood when this step began: where a stage's statistics start."""
         s = self.state
-        return {"tokens_start": s.tokens - self.step_tokens, "elapsed_start": self.step_t0 - self.t_start,
-                "flops_start": s.flops - self.step_flops, "data_start": s.data_s - self.dt_data,
-                "train_start": s.train_s}
+        return {
+            "tokens_start": s.tokens - self.step_tokens,
+            "elapsed_start": self.step_t0 - self.t_start,
+            "flops_start": s.flops - self.step_flops,
+            "data_start": s.data_s - self.dt_data,
+            "train_start": s.train_s,
+        }
 
     def end_step(self) -> None:
         self.state.train_s += time.perf_counter() - self.step_t0

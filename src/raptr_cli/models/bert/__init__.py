@@ -45,15 +45,34 @@ def _frame(specials: dict, a: list[int], b: list[int] | None) -> tuple[list[int]
 
 
 SPEC = ArchSpec(
-    name="bert", config=BertConfig, presets=BERT_PRESETS, build=_build, param_count=param_count, dims=dims,
+    name="bert",
+    config=BertConfig,
+    presets=BERT_PRESETS,
+    build=_build,
+    param_count=param_count,
+    dims=dims,
     tokenizer=TokenizerSpec(kind="wordpiece", train=_train_tokenizer, specials=_specials),
-    objective="mlm", layout="bert", frame=("cls", "sep"),
-    overrides={"n_layers": "num_layers", "hidden_size": "hidden_size", "num_heads": "num_heads",
-               "intermediate_size": "intermediate_size", "max_position_embeddings": "max_position_embeddings",
-               "norm": "norm", "residual": "residual"},
+    objective="mlm",
+    layout="bert",
+    frame=("cls", "sep"),
+    overrides={
+        "n_layers": "num_layers",
+        "hidden_size": "hidden_size",
+        "num_heads": "num_heads",
+        "intermediate_size": "intermediate_size",
+        "max_position_embeddings": "max_position_embeddings",
+        "norm": "norm",
+        "residual": "residual",
+    },
     dropouts={"dropout": "hidden_dropout", "attention_dropout": "attention_dropout"},
-    export=HFExport(architecture="BertForMaskedLM", auto_class="AutoModelForMaskedLM", configs=hf.configs,
-                    tied_keys=hf.tied_keys, check=hf.check),
-    finetune=FinetuneSpec(classifier=_classifier, frame=_frame, overhead=(2, 3), head="pooler",
-                          hf_configs=hf.classifier_configs),
+    export=HFExport(
+        architecture="BertForMaskedLM",
+        auto_class="AutoModelForMaskedLM",
+        configs=hf.configs,
+        tied_keys=hf.tied_keys,
+        check=hf.check,
+    ),
+    finetune=FinetuneSpec(
+        classifier=_classifier, frame=_frame, overhead=(2, 3), head="pooler", hf_configs=hf.classifier_configs
+    ),
 )

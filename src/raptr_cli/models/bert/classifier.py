@@ -36,7 +36,8 @@ class BertClassifier(nn.Module):
             nn.init.normal_(m.weight, 0.0, self.config.initializer_range)
             nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, d)
         return self.classifier(self.dropout(self.bert.pooler(h)))  # (B, num_labels)

@@ -49,13 +49,19 @@ class BertConfig:
     def problems(self) -> list[str]:
         """Every invalid field, as messages naming it (empty when the config is usable)."""
         out: list[str] = []
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.num_heads >= 1 and self.hidden_size % self.num_heads:
-            out.append(f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
-                       f"({self.num_heads})")
+            out.append(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 out.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
@@ -67,29 +73,33 @@ class BertConfig:
 
     def __post_init__(self) -> None:
         if found := self.problems():
-            raise UserError("invalid BERT model config", hint="Fix the listed model keys.",
-                            problems=found)
+            raise UserError("invalid BERT model config", hint="Fix the listed model keys.", problems=found)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: object) -> BertConfig:
         """A preset from `BERT_PRESETS` with `overrides` applied on top."""
         if name not in BERT_PRESETS:
-            raise UserError(f"unknown BERT preset {name!r}",
-                            hint=f"Choose one of: {', '.join(BERT_PRESETS)}.")
+            raise UserError(f"unknown BERT preset {name!r}", hint=f"Choose one of: {', '.join(BERT_PRESETS)}.")
         return cls(**{**BERT_PRESETS[name], **overrides})
 
     def to_hf_dict(self) -> dict[str, object]:
         """Keys of a transformers `BertConfig` (config.json) describing the same post-LN model."""
         return {
-            "architectures": ["BertForMaskedLM"], "model_type": "bert",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
-            "intermediate_size": self.intermediate_size, "hidden_act": "gelu",
+            "architectures": ["BertForMaskedLM"],
+            "model_type": "bert",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": "gelu",
             "hidden_dropout_prob": self.hidden_dropout,
             "attention_probs_dropout_prob": self.attention_dropout,
             "max_position_embeddings": self.max_position_embeddings,
-            "type_vocab_size": self.type_vocab_size, "layer_norm_eps": self.layer_norm_eps,
-            "pad_token_id": self.pad_token_id, "initializer_range": self.initializer_range,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "pad_token_id": self.pad_token_id,
+            "initializer_range": self.initializer_range,
         }
 
 
@@ -123,5 +133,12 @@ def dims(cfg: BertConfig, seq_len: int) -> Dims:
     """The sizes the FLOPs count reads: a GELU MLP (two matrices) and a dense transform in the head."""
     from ...flops import Dims  # lazy: flops imports the schedule, which this config must not need
 
-    return Dims(hidden=cfg.hidden_size, ffn=cfg.intermediate_size, vocab=cfg.vocab_size,
-                n_layers=cfg.num_layers, seq_len=seq_len, ffn_matrices=2, head_transform=True)
+    return Dims(
+        hidden=cfg.hidden_size,
+        ffn=cfg.intermediate_size,
+        vocab=cfg.vocab_size,
+        n_layers=cfg.num_layers,
+        seq_len=seq_len,
+        ffn_matrices=2,
+        head_transform=True,
+    )

@@ -26,8 +26,9 @@ def check(cfg: BertConfig, where: object) -> None:
             f"{where} holds {what} (norm = {cfg.norm!r}, residual = {cfg.residual}), which has no "
             "transformers equivalent",
             hint="Only post-LN BERT with residuals (the default) exports to "
-                 "BertForMaskedLM; HF's BERT would load these weights but compute a different "
-                 "function.")
+            "BertForMaskedLM; HF's BERT would load these weights but compute a different "
+            "function.",
+        )
 
 
 def configs(cfg: BertConfig, tok: Tokenizer, specials: dict) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -45,8 +46,13 @@ def classifier_configs(cfg: BertConfig, tok: Tokenizer, specials: dict, meta: di
     HF's BERT would compute differently."""
     if cfg.norm != "post":
         return None
-    conf = {**cfg.to_hf_dict(), "architectures": ["BertForSequenceClassification"],
-            "pad_token_id": int(specials["pad"]), "torch_dtype": "float32", **meta}
+    conf = {
+        **cfg.to_hf_dict(),
+        "architectures": ["BertForSequenceClassification"],
+        "pad_token_id": int(specials["pad"]),
+        "torch_dtype": "float32",
+        **meta,
+    }
     return conf, tokenizer_config(tok, cfg)
 
 
@@ -62,21 +68,30 @@ def tokenizer_config(tok: Tokenizer, cfg: BertConfig) -> dict[str, Any]:
     spec = json.loads(tok.to_str())
     norm = spec.get("normalizer") or {}
     model = spec.get("model") or {}
-    bert_like = (model.get("type") == "WordPiece"
-                 and model.get("continuing_subword_prefix") == "##"
-                 and model.get("max_input_chars_per_word", 100) == 100
-                 and norm.get("type") == "BertNormalizer" and norm.get("clean_text", True)
-                 and (spec.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer")
+    bert_like = (
+        model.get("type") == "WordPiece"
+        and model.get("continuing_subword_prefix") == "##"
+        and model.get("max_input_chars_per_word", 100) == 100
+        and norm.get("type") == "BertNormalizer"
+        and norm.get("clean_text", True)
+        and (spec.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
+    )
     out: dict[str, Any] = {
         "tokenizer_class": "BertTokenizerFast" if bert_like else "PreTrainedTokenizerFast",
-        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-        "mask_token": "[MASK]", "model_max_length": cfg.max_position_embeddings,
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+        "model_max_length": cfg.max_position_embeddings,
         "clean_up_tokenization_spaces": True,
     }
     if bert_like:
-        out.update(do_lower_case=bool(norm.get("lowercase", False)),
-                   strip_accents=norm.get("strip_accents"),
-                   tokenize_chinese_chars=bool(norm.get("handle_chinese_chars", True)))
+        out.update(
+            do_lower_case=bool(norm.get("lowercase", False)),
+            strip_accents=norm.get("strip_accents"),
+            tokenize_chinese_chars=bool(norm.get("handle_chinese_chars", True)),
+        )
     else:
         out["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     return out

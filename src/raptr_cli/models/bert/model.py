@@ -91,11 +91,11 @@ class BertSelfAttention(nn.Module):
         hs = d // self.num_heads
         nh = self.num_heads if rows is None else rows.numel() // hs
         # (B, T, d_kept) -> (B, nh, T, hs)
-        q, k, v = (rows_linear(lin, x, rows).view(B, T, nh, hs).transpose(1, 2)
-                   for lin in (self.query, self.key, self.value))
+        q, k, v = (
+            rows_linear(lin, x, rows).view(B, T, nh, hs).transpose(1, 2) for lin in (self.query, self.key, self.value)
+        )
         # SDPA scales by 1/sqrt(hs), as BERT does.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, nh * hs)
 
 
@@ -109,8 +109,9 @@ class _DenseNorm(nn.Module):
         super().__init__()
         self.dense = nn.Linear(d_in, config.hidden_size)
         # norm="none": no parameters at all (not unused ones), so checkpoints hold what runs
-        self.LayerNorm = (nn.Identity() if config.norm == "none"
-                          else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps))
+        self.LayerNorm = (
+            nn.Identity() if config.norm == "none" else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        )
         self.dropout = nn.Dropout(config.hidden_dropout)
 
 
@@ -147,14 +148,22 @@ class BertLayer(nn.Module):
         head_size rows a head; units: the intermediate weight rows and bias, the MLP output's weight
         columns, one a unit (train/width.py)."""
         sa = self.attention.self
-        return {"heads": ([sa.query.weight, sa.query.bias, sa.key.weight, sa.key.bias, sa.value.weight,
-                           sa.value.bias], [self.attention.output.dense.weight],
-                          sa.query.out_features // sa.num_heads),
-                "units": ([self.intermediate.dense.weight, self.intermediate.dense.bias],
-                          [self.output.dense.weight], 1)}
+        return {
+            "heads": (
+                [sa.query.weight, sa.query.bias, sa.key.weight, sa.key.bias, sa.value.weight, sa.value.bias],
+                [self.attention.output.dense.weight],
+                sa.query.out_features // sa.num_heads,
+            ),
+            "units": ([self.intermediate.dense.weight, self.intermediate.dense.bias], [self.output.dense.weight], 1),
+        }
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None, width: Width | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        width: Width | None = None,
+    ) -> torch.Tensor:
         """`scale` (a 0-d tensor, so a compiled block does not recompile per value; None = 1): the
         training-time 1/p of stochastic depth, PLD and RaPTr's inverse_p. Pre-LN scales each residual
         branch, x + s Attn(LN(x)) then h + s MLP(LN(h)), as PLD publishes it (Zhang & He 2020);
@@ -172,8 +181,9 @@ class BertLayer(nn.Module):
 
         if self.pre_norm:
             branch = (lambda f: f) if scale is None else (lambda f: scale * f)
-            add = ((lambda x, f: x + branch(f)) if self.residual
-                   else (lambda x, f: branch(f)))  # residual=False: f(x) replaces x
+            add = (
+                (lambda x, f: x + branch(f)) if self.residual else (lambda x, f: branch(f))
+            )  # residual=False: f(x) replaces x
             # x + Attn(LN(x)), then h + MLP(LN(h))
             x = add(x, attn(att.LayerNorm(x)))
             return add(x, ffn(mlp.LayerNorm(x)))
@@ -189,11 +199,18 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
         # Pre-LN leaves the residual stream unnormalised; the head expects normalised input.
-        self.final_layer_norm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-                                 if config.norm == "pre" else None)
+        self.final_layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm == "pre" else None
+        )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, layers: Sequence[int],
-                scales: Sequence[float] | None, widths: Sequence[Width | None] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        layers: Sequence[int],
+        scales: Sequence[float] | None,
+        widths: Sequence[Width | None] | None = None,
+    ) -> torch.Tensor:
         for j, i in enumerate(layers):
             x = self.layer[i](x, mask, branch_scale(scales, j, x), None if widths is None else widths[j])
         if self.final_layer_norm is not None:
@@ -207,9 +224,16 @@ class BertModel(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, *, layers: Sequence[int] | None = None,
-                scales: Sequence[float] | None = None, subnet: Subnet | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        layers: Sequence[int] | None = None,
+        scales: Sequence[float] | None = None,
+        subnet: Subnet | None = None,
+    ) -> torch.Tensor:
         """Final hidden states (B, T, d): what the MLM head and a fine-tuning pooler read.
 
         subnet / layers / scales: as `BertForMaskedLM.forward` (None = every block, unscaled).
@@ -324,10 +348,12 @@ class BertForMaskedLM(nn.Module):
         """
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings="
-                             f"{self.config.max_position_embeddings}")
-        x = self.bert(input_ids, attention_mask, token_type_ids, layers=layers, scales=scales,
-                      subnet=subnet)  # (B, T, d)
+            raise ValueError(
+                f"sequence length {T} exceeds max_position_embeddings={self.config.max_position_embeddings}"
+            )
+        x = self.bert(
+            input_ids, attention_mask, token_type_ids, layers=layers, scales=scales, subnet=subnet
+        )  # (B, T, d)
 
         head = self.cls.predictions
         if labels is None:
@@ -353,4 +379,3 @@ def num_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
         skip = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     # model.parameters() already yields a shared Parameter once.
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
-

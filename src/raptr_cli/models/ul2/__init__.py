@@ -37,7 +37,9 @@ def _problems(recipe: Any) -> list[str]:
     if recipe.model.residual is not None:
         p.append("model.residual applies to bert only")
     if recipe.tokenizer.vocab_size < 512:
-        p.append(f"tokenizer.vocab_size = {recipe.tokenizer.vocab_size}: byte-level BPE needs at least 512 (UL2 uses 32128)")
+        p.append(
+            f"tokenizer.vocab_size = {recipe.tokenizer.vocab_size}: byte-level BPE needs at least 512 (UL2 uses 32128)"
+        )
     return p
 
 
@@ -54,13 +56,26 @@ def _frame(specials: dict, a: list[int], b: list[int] | None) -> tuple[list[int]
 
 
 SPEC = ArchSpec(
-    name="ul2", config=DecoderConfig, presets=UL2_PRESETS, build=_build, param_count=param_count, dims=dims,
+    name="ul2",
+    config=DecoderConfig,
+    presets=UL2_PRESETS,
+    build=_build,
+    param_count=param_count,
+    dims=dims,
     tokenizer=TokenizerSpec(kind="bpe", train=_train_tokenizer, specials=_specials),
-    objective="ul2", layout="examples", problems=_problems,
-    overrides={"n_layers": "num_layers", "hidden_size": "hidden_size", "num_heads": "num_heads",
-               "intermediate_size": "intermediate_size", "max_position_embeddings": "max_position_embeddings"},
+    objective="ul2",
+    layout="examples",
+    problems=_problems,
+    overrides={
+        "n_layers": "num_layers",
+        "hidden_size": "hidden_size",
+        "num_heads": "num_heads",
+        "intermediate_size": "intermediate_size",
+        "max_position_embeddings": "max_position_embeddings",
+    },
     dropouts={"dropout": "dropout"},
-    export=HFExport(architecture="LlamaForCausalLM", auto_class="AutoModelForCausalLM", configs=hf.configs,
-                    tied_keys=hf.tied_keys),
+    export=HFExport(
+        architecture="LlamaForCausalLM", auto_class="AutoModelForCausalLM", configs=hf.configs, tied_keys=hf.tied_keys
+    ),
     finetune=FinetuneSpec(classifier=_classifier, frame=_frame, overhead=(1, 2), head="mean-pooled prefix"),
 )

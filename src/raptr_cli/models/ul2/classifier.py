@@ -24,8 +24,9 @@ class DecoderClassifier(nn.Module):
         nn.init.normal_(self.score.weight, 0.0, self.config.initializer_range)
         nn.init.zeros_(self.score.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         n = attention_mask.sum(1)  # (B,) real tokens; padding is on the right
         h = self.decoder.hidden_states(input_ids, prefix_len=n)  # (B, T, d), input fully bidirectional
         m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)

@@ -45,50 +45,63 @@ class DecoderConfig:
     def problems(self) -> list[str]:
         """Every invalid field, as messages naming it (empty when the config is usable)."""
         out: list[str] = []
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.num_heads >= 1 and self.hidden_size % self.num_heads:
-            out.append(f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
-                       f"({self.num_heads})")
+            out.append(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         elif self.num_heads >= 1 and (self.hidden_size // self.num_heads) % 2:
-            out.append(f"head size hidden_size/num_heads = {self.hidden_size // self.num_heads} "
-                       "must be even (rotary embeddings rotate pairs of dimensions)")
+            out.append(
+                f"head size hidden_size/num_heads = {self.hidden_size // self.num_heads} "
+                "must be even (rotary embeddings rotate pairs of dimensions)"
+            )
         if not 0.0 <= self.dropout < 1.0:
             out.append(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
-            out.append("rope_theta and rms_norm_eps must be > 0 "
-                       f"(got {self.rope_theta}, {self.rms_norm_eps})")
+            out.append(f"rope_theta and rms_norm_eps must be > 0 (got {self.rope_theta}, {self.rms_norm_eps})")
         if not 0 <= self.pad_token_id < self.vocab_size:
             out.append(f"pad_token_id ({self.pad_token_id}) must be in 0..vocab_size-1")
         return out
 
     def __post_init__(self) -> None:
         if found := self.problems():
-            raise UserError("invalid UL2 decoder model config", hint="Fix the listed model keys.",
-                            problems=found)
+            raise UserError("invalid UL2 decoder model config", hint="Fix the listed model keys.", problems=found)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: object) -> DecoderConfig:
         """A preset from `UL2_PRESETS` with `overrides` applied on top."""
         if name not in UL2_PRESETS:
-            raise UserError(f"unknown UL2 preset {name!r}",
-                            hint=f"Choose one of: {', '.join(UL2_PRESETS)}.")
+            raise UserError(f"unknown UL2 preset {name!r}", hint=f"Choose one of: {', '.join(UL2_PRESETS)}.")
         return cls(**{**UL2_PRESETS[name], **overrides})
 
     def to_hf_dict(self) -> dict[str, object]:
         """Keys of a transformers `LlamaConfig` with the same weights layout. The math matches
         Llama only for fully causal input (prefix_len=None): Llama has no prefix-LM mask."""
         return {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_heads, "intermediate_size": self.intermediate_size,
-            "hidden_act": "silu", "max_position_embeddings": self.max_position_embeddings,
-            "rope_theta": self.rope_theta, "rms_norm_eps": self.rms_norm_eps,
-            "attention_dropout": self.dropout, "attention_bias": False, "mlp_bias": False,
-            "tie_word_embeddings": self.tie_embeddings, "pad_token_id": self.pad_token_id,
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "attention_dropout": self.dropout,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "tie_word_embeddings": self.tie_embeddings,
+            "pad_token_id": self.pad_token_id,
             "initializer_range": self.initializer_range,
         }
 
@@ -121,5 +134,12 @@ def dims(cfg: DecoderConfig, seq_len: int) -> Dims:
     """The sizes the FLOPs count reads: a SwiGLU MLP (three matrices), a bare linear head."""
     from ...flops import Dims  # lazy: flops imports the schedule, which this config must not need
 
-    return Dims(hidden=cfg.hidden_size, ffn=cfg.intermediate_size, vocab=cfg.vocab_size,
-                n_layers=cfg.num_layers, seq_len=seq_len, ffn_matrices=3, head_transform=False)
+    return Dims(
+        hidden=cfg.hidden_size,
+        ffn=cfg.intermediate_size,
+        vocab=cfg.vocab_size,
+        n_layers=cfg.num_layers,
+        seq_len=seq_len,
+        ffn_matrices=3,
+        head_transform=False,
+    )

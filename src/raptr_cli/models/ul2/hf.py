@@ -15,8 +15,12 @@ if TYPE_CHECKING:
 
 def configs(cfg: DecoderConfig, tok: Tokenizer, specials: dict) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config.json, tokenizer_config.json) of the exported model."""
-    hf = {**cfg.to_hf_dict(), "pad_token_id": specials["pad"],
-          "bos_token_id": specials["bos"], "eos_token_id": specials["eos"]}
+    hf = {
+        **cfg.to_hf_dict(),
+        "pad_token_id": specials["pad"],
+        "bos_token_id": specials["bos"],
+        "eos_token_id": specials["eos"],
+    }
     return hf, tokenizer_config(tok, cfg)
 
 
@@ -37,10 +41,13 @@ def tokenizer_config(tok: Tokenizer, cfg: DecoderConfig) -> dict[str, Any]:
         n += 1
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": BASE_SPECIALS["bos"], "eos_token": BASE_SPECIALS["eos"],
-        "unk_token": BASE_SPECIALS["unk"], "pad_token": BASE_SPECIALS["pad"],
+        "bos_token": BASE_SPECIALS["bos"],
+        "eos_token": BASE_SPECIALS["eos"],
+        "unk_token": BASE_SPECIALS["unk"],
+        "pad_token": BASE_SPECIALS["pad"],
         "additional_special_tokens": extras + [sentinel_token(i) for i in range(n)],
-        "add_bos_token": False, "add_eos_token": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
         "model_max_length": cfg.max_position_embeddings,
         "clean_up_tokenization_spaces": False,  # byte-level decoding is already lossless
         "model_input_names": ["input_ids", "attention_mask"],

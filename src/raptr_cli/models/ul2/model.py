@@ -63,15 +63,15 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rotary_cos_sin(T: int, head_size: int, theta: float, device: torch.device,
-                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_cos_sin(
+    T: int, head_size: int, theta: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (T, head_size) for positions 0..T-1 (HF Llama's "rotate_half" layout:
     dim i and dim i + hs/2 form a pair rotated by pos * theta^(-2i/hs)).
 
     Computed per forward instead of cached in a buffer: it costs T*hs/2 multiplies, and a
     buffer would be garbage after a meta-device build + `to_empty()`."""
-    inv_freq = theta ** -(torch.arange(0, head_size, 2, device=device, dtype=torch.float32)
-                          / head_size)  # (hs/2,)
+    inv_freq = theta ** -(torch.arange(0, head_size, 2, device=device, dtype=torch.float32) / head_size)  # (hs/2,)
     angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -104,22 +104,30 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
         self.dropout_p = config.dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, rows: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`rows`: the hidden dims of the kept heads (None = all), `scale` their output's factor."""
         B, T, d = x.shape
         hs = d // self.num_heads
         nh = self.num_heads if rows is None else rows.numel() // hs
         # (B, T, d_kept) -> (B, nh, T, hs)
-        q, k, v = (rows_linear(lin, x, rows).view(B, T, nh, hs).transpose(1, 2)
-                   for lin in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            rows_linear(lin, x, rows).view(B, T, nh, hs).transpose(1, 2)
+            for lin in (self.q_proj, self.k_proj, self.v_proj)
+        )
         q = q * cos + _rotate_half(q) * sin  # cos, sin (T, hs) broadcast over (B, nh)
         k = k * cos + _rotate_half(k) * sin
         # mask None = fully causal: lets SDPA pick its causal fast path.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None,
-            dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, T, hs)
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.dropout_p if self.training else 0.0
+        )  # (B, nh, T, hs)
         return cols_linear(self.o_proj, y.transpose(1, 2).reshape(B, T, nh * hs), rows, scale)
 
 
@@ -133,8 +141,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(d, ff, bias=False)
         self.down_proj = nn.Linear(ff, d, bias=False)
 
-    def forward(self, x: torch.Tensor, units: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, units: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`units`: the kept intermediate units (None = all), `scale` their output's factor."""
         h = F.silu(rows_linear(self.gate_proj, x, units)) * rows_linear(self.up_proj, x, units)
         return cols_linear(self.down_proj, h, units, scale)
@@ -155,13 +164,24 @@ class DecoderLayer(nn.Module):
         """The parameters a width subnetwork slices, per axis: (sliced by rows, sliced by columns,
         rows per part), as `BertLayer.width_parts`."""
         a, m = self.self_attn, self.mlp
-        return {"heads": ([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], [a.o_proj.weight],
-                          a.q_proj.out_features // a.num_heads),
-                "units": ([m.gate_proj.weight, m.up_proj.weight], [m.down_proj.weight], 1)}
+        return {
+            "heads": (
+                [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight],
+                [a.o_proj.weight],
+                a.q_proj.out_features // a.num_heads,
+            ),
+            "units": ([m.gate_proj.weight, m.up_proj.weight], [m.down_proj.weight], 1),
+        }
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, scale: torch.Tensor | None = None,
-                width: Width | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        scale: torch.Tensor | None = None,
+        width: Width | None = None,
+    ) -> torch.Tensor:
         """`scale` (0-d tensor or None = 1; training-time 1/p): each residual branch is scaled,
         x + s Attn(N(x)), then h + s MLP(N(h)), as PLD (Zhang & He 2020) scales a pre-norm block.
         `width` (models.common.block_widths; None = whole block): only kept heads and units run."""
@@ -177,8 +197,7 @@ class DecoderModel(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
-                                         padding_idx=config.pad_token_id)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -221,23 +240,30 @@ class DecoderForPrefixLM(nn.Module):
         elif isinstance(module, RMSNorm):
             module.weight.fill_(1.0)
 
-    def hidden_states(self, input_ids: torch.Tensor, prefix_len: torch.Tensor | None = None, *,
-                      layers: Sequence[int] | None = None,
-                      scales: Sequence[float] | None = None,
-                      subnet: Subnet | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        prefix_len: torch.Tensor | None = None,
+        *,
+        layers: Sequence[int] | None = None,
+        scales: Sequence[float] | None = None,
+        subnet: Subnet | None = None,
+    ) -> torch.Tensor:
         """Final (normed) hidden states (B, T, d): what the LM head and a fine-tuning head read.
 
         prefix_len, layers, scales, subnet: as `forward`.
         """
         T = input_ids.shape[1]
         if T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings="
-                             f"{self.config.max_position_embeddings}")
+            raise ValueError(
+                f"sequence length {T} exceeds max_position_embeddings={self.config.max_position_embeddings}"
+            )
         order, scales = resolve_path(layers, scales, len(self.blocks), subnet)
 
         x = self.model.embed_tokens(input_ids)  # (B, T, d)
-        cos, sin = rotary_cos_sin(T, self.config.hidden_size // self.config.num_heads,
-                                  self.config.rope_theta, x.device, x.dtype)
+        cos, sin = rotary_cos_sin(
+            T, self.config.hidden_size // self.config.num_heads, self.config.rope_theta, x.device, x.dtype
+        )
         mask = None if prefix_len is None else prefix_lm_mask(prefix_len.to(x.device), T)
         widths = block_widths(subnet, order, self.config.num_heads, self.config.intermediate_size, x)
         for j, i in enumerate(order):

@@ -11,13 +11,15 @@ from .raptr import RaPTr
 from .stacking import Stacking
 from .stochastic_depth import StochasticDepth
 
-METHODS.update({
-    "baseline": Baseline,
-    "raptr": RaPTr,
-    "stacking": Stacking,
-    "pld": PLD,
-    "stochastic_depth": StochasticDepth,
-})
+METHODS.update(
+    {
+        "baseline": Baseline,
+        "raptr": RaPTr,
+        "stacking": Stacking,
+        "pld": PLD,
+        "stochastic_depth": StochasticDepth,
+    }
+)
 
 
 def size_key(name: str | None) -> str:

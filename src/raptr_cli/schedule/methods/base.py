@@ -16,9 +16,13 @@ if TYPE_CHECKING:
     from ..config import ScheduleConfig, StageConfig
     from ..plan import Plan
 
-_CHOICES = {"sampler": ("subset", "bernoulli"), "scale": ("none", "inverse_p", "sqrt_inverse_p"),
-            "width_scale": ("none", "inverse_fraction"),
-            "skipped_grad": ("none", "zero"), "stack_optimizer_state": ("fresh", "copy")}
+_CHOICES = {
+    "sampler": ("subset", "bernoulli"),
+    "scale": ("none", "inverse_p", "sqrt_inverse_p"),
+    "width_scale": ("none", "inverse_fraction"),
+    "skipped_grad": ("none", "zero"),
+    "stack_optimizer_state": ("fresh", "copy"),
+}
 
 
 @dataclass
@@ -86,21 +90,31 @@ class Method:
         """(errors, warnings): the keys every method shares, then `check`'s own."""
         cfg = self.cfg
         f, w = cfg.full_warmup_fraction, cfg.full_warmup_for(total_steps)
-        c = Checks(self.n_layers, total_steps, tokens_per_step, w,
-                   "schedule.full_warmup_steps" if f is None else "schedule.full_warmup_fraction",
-                   str(cfg.full_warmup_steps if f is None else f), self.widths)
+        c = Checks(
+            self.n_layers,
+            total_steps,
+            tokens_per_step,
+            w,
+            "schedule.full_warmup_steps" if f is None else "schedule.full_warmup_fraction",
+            str(cfg.full_warmup_steps if f is None else f),
+            self.widths,
+        )
         for key, allowed in _CHOICES.items():
             if getattr(cfg, key) not in allowed:
                 c.error(f"schedule.{key} = {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
         if f is not None and cfg.full_warmup_steps:
-            c.error("schedule.full_warmup_steps and schedule.full_warmup_fraction: give at most one "
-                    "(the fraction keeps the warm-up's share when train.steps changes)")
+            c.error(
+                "schedule.full_warmup_steps and schedule.full_warmup_fraction: give at most one "
+                "(the fraction keeps the warm-up's share when train.steps changes)"
+            )
         elif f is not None and not 0 <= f < 1:
             c.error(f"schedule.full_warmup_fraction = {f} must be in [0, 1)")
             c.warmup = 0
         elif w < 0 or w >= total_steps:
-            c.error(f"{c.warmup_key} = {c.warmup_given} must be >= 0 and < train.steps = {total_steps}"
-                    + ("" if f is None else f" (it gives {w} of {total_steps} steps)"))
+            c.error(
+                f"{c.warmup_key} = {c.warmup_given} must be >= 0 and < train.steps = {total_steps}"
+                + ("" if f is None else f" (it gives {w} of {total_steps} steps)")
+            )
         self.check(c)
         return c.errors, c.warnings
 
@@ -117,13 +131,17 @@ class Method:
             c.error(f"schedule.fixed_layers: {i} is out of range for model.n_layers = {L} (valid: {-L}..{L - 1})")
         dups = sorted({i for i in normed if normed.count(i) > 1})
         if dups:
-            c.error(f"schedule.fixed_layers = {given} names layer(s) {dups} twice "
-                    f"(negatives count from the end of {L} layers)")
+            c.error(
+                f"schedule.fixed_layers = {given} names layer(s) {dups} twice "
+                f"(negatives count from the end of {L} layers)"
+            )
 
     def check_no_stages(self, c: Checks, hint: str = "") -> None:
         if self.cfg.stages:
-            c.error(f"schedule.stages: method {self.cfg.method!r} takes no stages (got {len(self.cfg.stages)}); "
-                    f"remove them{hint}")
+            c.error(
+                f"schedule.stages: method {self.cfg.method!r} takes no stages (got {len(self.cfg.stages)}); "
+                f"remove them{hint}"
+            )
 
     def check_range(self, c: Checks, key: str, ok, rule: str) -> None:
         v = getattr(self.cfg, key)
@@ -134,11 +152,14 @@ class Method:
         """At least one stage; lengths that tile the staged span; one valid size key each; their order."""
         cfg = self.cfg
         if not cfg.stages:
-            c.error(f"schedule.stages is empty: method {self.cfg.method!r} needs at least one [[schedule.stages]] table")
+            c.error(
+                f"schedule.stages is empty: method {self.cfg.method!r} needs at least one [[schedule.stages]] table"
+            )
         f = cfg.full_warmup_fraction
         label = "" if f is None else f"schedule.full_warmup_fraction = {f} ({c.warmup} steps)"
-        _, errors, warnings = stage_bounds(cfg.stages, c.total_steps, c.tokens_per_step,
-                                           c.total_steps - max(c.warmup, 0), label)
+        _, errors, warnings = stage_bounds(
+            cfg.stages, c.total_steps, c.tokens_per_step, c.total_steps - max(c.warmup, 0), label
+        )
         c.errors += errors
         c.warnings += warnings
         sizes = [self.stage_size(s, i, c) for i, s in enumerate(cfg.stages)]
@@ -160,19 +181,26 @@ class Method:
             elif not 0 < v <= 1:
                 c.error(f"{key} = {v} must be in (0, 1]")
             elif c.widths is not None and abs(v * c.widths[j] - round(v * c.widths[j])) > 1e-9:
-                c.error(f"{key} = {v} gives {v * c.widths[j]:g} of {names[j]} = {c.widths[j]}, not a whole "
-                        f"number; give a multiple of 1/{c.widths[j]}")
+                c.error(
+                    f"{key} = {v} gives {v * c.widths[j]:g} of {names[j]} = {c.widths[j]}, not a whole "
+                    f"number; give a multiple of 1/{c.widths[j]}"
+                )
 
     def stage_size(self, s: StageConfig, i: int, c: Checks) -> float | None:
         """A stage's layer count (expected path length, or depth), or None after reporting it invalid."""
         key, L, n_fixed = f"schedule.stages[{i}]", self.n_layers, len(self.fixed)
-        if self.takes_width and all(getattr(s, k) is None for k in SIZE_KEYS) and any(
-                getattr(s, k) is not None for k in WIDTH_KEYS):
+        if (
+            self.takes_width
+            and all(getattr(s, k) is None for k in SIZE_KEYS)
+            and any(getattr(s, k) is not None for k in WIDTH_KEYS)
+        ):
             return float(L)  # a width-only stage: every layer runs
         if (k := one_key(s, SIZE_KEYS, key, "size", c.error)) is None:
             return None
         if k not in self.size_keys:
-            c.error(f"{key}.{k} is not for method {self.cfg.method!r}: {self.cfg.method} stages take {' or '.join(self.size_keys)}")
+            c.error(
+                f"{key}.{k} is not for method {self.cfg.method!r}: {self.cfg.method} stages take {' or '.join(self.size_keys)}"
+            )
             return None
         v = getattr(s, k)
         free = L - n_fixed
@@ -185,8 +213,10 @@ class Method:
         elif k == "keep_prob" and not 0 < v <= 1:
             c.error(f"{key}.keep_prob = {v} must be in (0, 1]")
         elif k == "keep_prob" and self.cfg.sampler == "subset" and abs(v * free - round(v * free)) > 1e-9:
-            c.error(f"{key}.keep_prob = {v} gives {v * free:g} of {free} free layers, not a whole number, "
-                    "with sampler 'subset'; give path_length or set schedule.sampler = 'bernoulli'")
+            c.error(
+                f"{key}.keep_prob = {v} gives {v * free:g} of {free} free layers, not a whole number, "
+                "with sampler 'subset'; give path_length or set schedule.sampler = 'bernoulli'"
+            )
         else:
             return float(v if k != "keep_prob" else n_fixed + v * free)
         return None

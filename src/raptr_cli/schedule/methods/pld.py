@@ -30,8 +30,10 @@ def pld_layer_steps(n_layers: int, fixed: list[int], theta_bar: float, gamma: fl
 def solve_pld_gamma(n_layers: int, fixed: list[int], theta_bar: float, steps: int, mean_k: float) -> float:
     """The gamma whose PLD run of `steps` steps has `mean_k` expected active layers per step (bisection
     on a log scale; the mean falls monotonically in gamma). Raises ValueError when `mean_k` is out of reach."""
+
     def mean(g: float) -> float:
         return pld_layer_steps(n_layers, fixed, theta_bar, g, 0, steps) / steps
+
     lo, hi = 0.0, 1e3
     if mean_k >= mean(lo):
         return 0.0
@@ -55,8 +57,10 @@ class PLD(Method):
         self.check_range(c, "pld_gamma", lambda v: v >= 0, ">= 0")
         if cfg.pld_match_path_lengths:
             if cfg.pld_gamma != 0.001:
-                c.error(f"schedule.pld_gamma = {cfg.pld_gamma} and schedule.pld_match_path_lengths: give one "
-                        "(matching solves gamma; drop pld_gamma)")
+                c.error(
+                    f"schedule.pld_gamma = {cfg.pld_gamma} and schedule.pld_match_path_lengths: give one "
+                    "(matching solves gamma; drop pld_gamma)"
+                )
             for j, k in enumerate(cfg.pld_match_path_lengths):
                 if not 1 <= k <= L:
                     c.error(f"schedule.pld_match_path_lengths[{j}] = {k} must lie between 1 and model.n_layers = {L}")
@@ -69,9 +73,11 @@ class PLD(Method):
             try:
                 plan.pld_gamma = solve_pld_gamma(L, fixed, cfg.pld_theta_bar, total_steps - warmup, k_bar)
             except ValueError as e:
-                raise UserError(f"schedule.pld_match_path_lengths: PLD cannot average {k_bar:g} layers per step",
-                                hint=f"With pld_theta_bar = {cfg.pld_theta_bar} its least mean is {e} layers; "
-                                     "lower pld_theta_bar or match longer paths.") from None
+                raise UserError(
+                    f"schedule.pld_match_path_lengths: PLD cannot average {k_bar:g} layers per step",
+                    hint=f"With pld_theta_bar = {cfg.pld_theta_bar} its least mean is {e} layers; "
+                    "lower pld_theta_bar or match longer paths.",
+                ) from None
         plan.pld_start = warmup
         span = total_steps - warmup
         mean_k = pld_layer_steps(L, fixed, cfg.pld_theta_bar, plan.pld_gamma, 0, span) / span
@@ -103,19 +109,31 @@ class PLD(Method):
         return super().layer_scales(plan, step, layers, "inverse_p" if self._dropping(plan, step) else mode)
 
     def expected_active(self, plan: Plan, step: int) -> float:
-        return float(sum(self.keep_probs(plan, step))) if self._dropping(plan, step) else super().expected_active(plan, step)
+        return (
+            float(sum(self.keep_probs(plan, step)))
+            if self._dropping(plan, step)
+            else super().expected_active(plan, step)
+        )
 
     def expected_layer_steps(self, plan: Plan, stage: Stage) -> float:
         """Closed over numpy: theta changes every step."""
         if stage.start < plan.pld_start:
             return super().expected_layer_steps(plan, stage)
-        return pld_layer_steps(plan.n_layers, plan.fixed, plan.pld_theta_bar, plan.pld_gamma,
-                               stage.start - plan.pld_start, stage.end - plan.pld_start)
+        return pld_layer_steps(
+            plan.n_layers,
+            plan.fixed,
+            plan.pld_theta_bar,
+            plan.pld_gamma,
+            stage.start - plan.pld_start,
+            stage.end - plan.pld_start,
+        )
 
     def is_random(self, plan: Plan, stage: Stage) -> bool:
         return stage.keep_prob < 1.0
 
     def notes(self, plan: Plan) -> list[str]:
         L = plan.n_layers
-        return [f"PLD theta(t) = {1 - plan.pld_theta_bar:g} exp(-{plan.pld_gamma:.6g} t) + {plan.pld_theta_bar:g}, "
-                f"t from step {plan.pld_start}; layer i of {L} kept with p = 1 - (i/{L})(1 - theta)"]
+        return [
+            f"PLD theta(t) = {1 - plan.pld_theta_bar:g} exp(-{plan.pld_gamma:.6g} t) + {plan.pld_theta_bar:g}, "
+            f"t from step {plan.pld_start}; layer i of {L} kept with p = 1 - (i/{L})(1 - theta)"
+        ]

@@ -39,11 +39,15 @@ class RaPTr(Method):
         L = self.n_layers
         for i in range(1, len(ks)):
             if ks[i] < ks[i - 1] - 1e-9:
-                c.warn(f"schedule.stages[{i}]: path length {ks[i]:g} < the previous stage's {ks[i - 1]:g}: a "
-                       "decreasing schedule is PLD's direction, which the paper argues against")
+                c.warn(
+                    f"schedule.stages[{i}]: path length {ks[i]:g} < the previous stage's {ks[i - 1]:g}: a "
+                    "decreasing schedule is PLD's direction, which the paper argues against"
+                )
         if ks[-1] < L - 1e-9:
-            c.warn(f"schedule.stages[{len(ks) - 1}]: the last stage runs {ks[-1]:g} of {L} layers, so the full "
-                   "model is never trained (the paper's last stage is the full model)")
+            c.warn(
+                f"schedule.stages[{len(ks) - 1}]: the last stage runs {ks[-1]:g} of {L} layers, so the full "
+                "model is never trained (the paper's last stage is the full model)"
+            )
 
     def resolve(self, plan: Plan, warmup: int, total_steps: int, tokens_per_step: int) -> list[tuple]:
         cfg, L, fixed = self.cfg, self.n_layers, plan.fixed
@@ -54,8 +58,10 @@ class RaPTr(Method):
             path = L if s.path_length is None and s.keep_prob is None else s.path_length  # width only: all layers
             p = s.keep_prob if s.keep_prob is not None else ((path - len(fixed)) / n_free if n_free else 1.0)
             k = path if path is not None else len(fixed) + p * n_free
-            width = (1.0 if s.heads_fraction is None else s.heads_fraction,
-                     1.0 if s.mlp_fraction is None else s.mlp_fraction)
+            width = (
+                1.0 if s.heads_fraction is None else s.heads_fraction,
+                1.0 if s.mlp_fraction is None else s.mlp_fraction,
+            )
             rows.append((warmup + end, round(k) if cfg.sampler == "subset" else k, p, L, *width))
         return rows
 

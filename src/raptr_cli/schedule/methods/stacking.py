@@ -40,8 +40,10 @@ class Stacking(Method):
             if m <= k:
                 c.error(f"schedule.stages[{i}].depth = {m} does not increase on the previous stage's {k}")
             elif m > 2 * k:
-                c.error(f"schedule.stages[{i}].depth = {m} more than doubles the previous {k}: stacking copies "
-                        f"the top {m - k} of {k} layers, so at most {2 * k}")
+                c.error(
+                    f"schedule.stages[{i}].depth = {m} more than doubles the previous {k}: stacking copies "
+                    f"the top {m - k} of {k} layers, so at most {2 * k}"
+                )
         if ds[-1] != self.n_layers:
             c.error(f"schedule.stages[{len(ds) - 1}].depth = {int(ds[-1])} must equal model.n_layers = {self.n_layers}")
 

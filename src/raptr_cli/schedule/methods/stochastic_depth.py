@@ -21,12 +21,16 @@ class StochasticDepth(Method):
         self.check_range(c, "sd_keep_prob", lambda v: 0 < v <= 1, "in (0, 1]")
         p, ks, n_fixed = self.cfg.sd_keep_prob, self.cfg.sd_match_path_lengths, len(self.fixed)
         if (p is None) == (not ks):
-            c.error("schedule.sd_keep_prob and schedule.sd_match_path_lengths: give exactly one (a keep prob, "
-                    "or the raptr path lengths whose FLOPs to match, e.g. [6, 8, 10, 12])")
+            c.error(
+                "schedule.sd_keep_prob and schedule.sd_match_path_lengths: give exactly one (a keep prob, "
+                "or the raptr path lengths whose FLOPs to match, e.g. [6, 8, 10, 12])"
+            )
         for j, k in enumerate(ks):
             if not n_fixed <= k <= self.n_layers:
-                c.error(f"schedule.sd_match_path_lengths[{j}] = {k} must lie between the {n_fixed} fixed "
-                        f"layers and model.n_layers = {self.n_layers}")
+                c.error(
+                    f"schedule.sd_match_path_lengths[{j}] = {k} must lie between the {n_fixed} fixed "
+                    f"layers and model.n_layers = {self.n_layers}"
+                )
 
     def resolve(self, plan: Plan, warmup: int, total_steps: int, tokens_per_step: int) -> list[tuple]:
         """k_bar = |I| + p (L - |I|): p as given, or solved with k_bar the mean of equal raptr stages."""

@@ -5,14 +5,15 @@
 #     stacking 6-9-12, for seeds 0, 1, 2;
 #   - PLD as published (pre-LN, 1/p on each residual branch, gamma solved for RaPTr's FLOPs) and
 #     constant stochastic depth at RaPTr's expected FLOPs, seed 0;
-#   - RaPTr ablations, seed 0: scale = "inverse_p", no fixed layers, the bernoulli sampler.
+#   - RaPTr ablations, seed 0: scale = "inverse_p", no fixed layers, the bernoulli sampler;
+#   - Random Part Training (width subnetworks, alone and with depth), seeds 0, 1, 2.
 # Every run but the full baseline costs RaPTr's FLOPs (0.756x). The split does not move with the seed
 # (data.split_seed), so every seed is scored on the same eval set.
 #
 # About 3 hours on 2 idle CPU cores, in pieces: it can be stopped at any point and run again; finished
 # runs are reused and an interrupted one continues from its last checkpoint (every 250 steps).
 # Run from the repository root after `make install data`:  bash docs/reproduce.sh
-# Pieces: `bash docs/reproduce.sh seed 1`, `... published`, `... ablations`; `... table` rewrites
+# Pieces: `bash docs/reproduce.sh seed 1`, `... published`, `... ablations`, `... width`; `... table` rewrites
 # docs/repro/ (compare.json, compare.md, the plot) from whatever has finished.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -41,6 +42,14 @@ ablations() {  # seed 0: one RaPTr knob changed at a time
     --set schedule.sampler=bernoulli
 }
 
+width() {  # issue 18: Random Part Training at RaPTr's FLOPs, seeds 0-2, next to the depth-only runs above
+  local seed
+  for seed in 0 1 2; do
+    "$R" compare "$C-raptr-width.toml" "$C-raptr-depth-width.toml" --out "$OUT/seed$seed" \
+      --set "run.seed=$seed" "${common[@]}"
+  done
+}
+
 table() {  # every finished run, seeds of one run.name pooled (mean +- std, paired differences)
   local runs=()
   for d in "$OUT"/seed*/*/; do [ -d "$d/final" ] && runs+=("$d"); done
@@ -48,10 +57,11 @@ table() {  # every finished run, seeds of one run.name pooled (mean +- std, pair
 }
 
 case "${1:-all}" in
-  all) seed_runs 0; published; seed_runs 1; seed_runs 2; ablations; table ;;
+  all) seed_runs 0; published; seed_runs 1; seed_runs 2; ablations; width; table ;;
   seed) seed_runs "$2" ;;
   published) published ;;
   ablations) ablations ;;
+  width) width ;;
   table) table ;;
-  *) echo "usage: bash docs/reproduce.sh [all | seed N | published | ablations | table]" >&2; exit 2 ;;
+  *) echo "usage: bash docs/reproduce.sh [all | seed N | published | ablations | width | table]" >&2; exit 2 ;;
 esac

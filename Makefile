@@ -31,7 +31,7 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 
 demo: install data
-	$(BIN)/raptr pretrain recipes/bert-tiny-raptr.toml --out runs/demo --overwrite
+	$(BIN)/raptr pretrain recipes/bert-tiny-ctx-raptr.toml --out runs/demo --overwrite
 
 bench: install data
 	$(BIN)/python bench/run.py

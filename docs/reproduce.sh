@@ -10,8 +10,10 @@
 # Every run but the full baseline costs RaPTr's FLOPs (0.756x). The split does not move with the seed
 # (data.split_seed), so every seed is scored on the same eval set.
 #
-# About 3 hours on 2 idle CPU cores, in pieces: it can be stopped at any point and run again; finished
-# runs are reused and an interrupted one continues from its last checkpoint (every 250 steps).
+# About 3 hours on 2 idle CPU cores, in pieces: it can be stopped at any point and run again. An
+# interrupted run continues from its last checkpoint (every 250 steps, in runs/repro); a finished one
+# leaves its metrics.jsonl and recipe.toml in docs/repro/runs/ (committed: the table is built from them,
+# and a run recorded there is not trained again, on this machine or another).
 # Run from the repository root after `make install data`:  bash docs/reproduce.sh
 # Pieces: `bash docs/reproduce.sh seed 1`, `... published`, `... ablations`, `... width`; `... table` rewrites
 # docs/repro/ (compare.json, compare.md, the plot) from whatever has finished.
@@ -19,40 +21,49 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 R="${RAPTR:-.venv/bin/raptr}"
 OUT="${REPRO_OUT:-runs/repro}"
+KEEP="${REPRO_KEEP:-docs/repro/runs}"
 C=recipes/bert-tiny-ctx
 common=(--set log.console=plain --set train.keep_checkpoints=1)
+EQUIFLOP_STEPS=756  # the baseline at RaPTr 6-8-10-12's FLOPs (0.7562x): `raptr compare --equal-flops` solves the same
+
+one() {  # one() SEED NAME RECIPE [--set ...]: train (or resume) one run unless it is recorded, then record it
+  local seed=$1 name=$2 recipe=$3; shift 3
+  if grep -qs '"run_end"' "$KEEP/seed$seed/$name/metrics.jsonl"; then echo "recorded: seed $seed $name"; return; fi
+  "$R" compare "$recipe" --out "$OUT/seed$seed" --set "run.seed=$seed" --set "run.name=$name" "${common[@]}" "$@"
+  mkdir -p "$KEEP/seed$seed/$name"
+  cp "$OUT/seed$seed/$name/metrics.jsonl" "$OUT/seed$seed/$name/recipe.toml" "$KEEP/seed$seed/$name/"
+}
 
 seed_runs() {  # the four main methods of one seed
-  local seed=$1 out="$OUT/seed$1"
-  "$R" compare "$C-baseline.toml" "$C-raptr.toml" --equal-flops --out "$out" --set "run.seed=$seed" "${common[@]}"
-  "$R" compare "$C-stacking.toml" --out "$out" --set "run.seed=$seed" "${common[@]}"
+  local s=$1
+  one "$s" bert-tiny-ctx-baseline "$C-baseline.toml"
+  one "$s" bert-tiny-ctx-raptr "$C-raptr.toml"
+  one "$s" bert-tiny-ctx-baseline-equiflop-bert-tiny-ctx-raptr "$C-baseline.toml" --set "train.steps=$EQUIFLOP_STEPS"
+  one "$s" bert-tiny-ctx-stacking "$C-stacking.toml"
 }
 
 published() {  # seed 0: PLD as published and constant stochastic depth, both at RaPTr's FLOPs
-  "$R" compare "$C-pld.toml" "$C-sd.toml" --out "$OUT/seed0" --set run.seed=0 "${common[@]}"
+  one 0 bert-tiny-ctx-pld "$C-pld.toml"
+  one 0 bert-tiny-ctx-sd "$C-sd.toml"
 }
 
 ablations() {  # seed 0: one RaPTr knob changed at a time
-  local out="$OUT/seed0" ab=(--set run.seed=0 "${common[@]}")
-  "$R" compare "$C-raptr.toml" --out "$out" "${ab[@]}" --set run.name=bert-tiny-ctx-raptr-inverse-p \
-    --set schedule.scale=inverse_p
-  "$R" compare "$C-raptr.toml" --out "$out" "${ab[@]}" --set run.name=bert-tiny-ctx-raptr-no-fixed \
-    --set "schedule.fixed_layers=[]"
-  "$R" compare "$C-raptr.toml" --out "$out" "${ab[@]}" --set run.name=bert-tiny-ctx-raptr-bernoulli \
-    --set schedule.sampler=bernoulli
+  one 0 bert-tiny-ctx-raptr-inverse-p "$C-raptr.toml" --set schedule.scale=inverse_p
+  one 0 bert-tiny-ctx-raptr-no-fixed "$C-raptr.toml" --set "schedule.fixed_layers=[]"
+  one 0 bert-tiny-ctx-raptr-bernoulli "$C-raptr.toml" --set schedule.sampler=bernoulli
 }
 
 width() {  # issue 18: Random Part Training at RaPTr's FLOPs, seeds 0-2, next to the depth-only runs above
-  local seed
-  for seed in 0 1 2; do
-    "$R" compare "$C-raptr-width.toml" "$C-raptr-depth-width.toml" --out "$OUT/seed$seed" \
-      --set "run.seed=$seed" "${common[@]}"
+  local s
+  for s in 0 1 2; do
+    one "$s" bert-tiny-ctx-raptr-width "$C-raptr-width.toml"
+    one "$s" bert-tiny-ctx-raptr-depth-width "$C-raptr-depth-width.toml"
   done
 }
 
-table() {  # every finished run, seeds of one run.name pooled (mean +- std, paired differences)
+table() {  # every recorded run, seeds of one run.name pooled (mean +- std, paired differences)
   local runs=()
-  for d in "$OUT"/seed*/*/; do [ -d "$d/final" ] && runs+=("$d"); done
+  for d in "$KEEP"/seed*/*/; do runs+=("$d"); done
   "$R" compare --runs "${runs[@]}" --out docs/repro
 }
 

@@ -117,12 +117,17 @@ def resolve_path(
     return order, scales
 
 
-def branch_scale(scales: Sequence[float] | None, j: int, like: torch.Tensor) -> torch.Tensor | None:
-    """The j-th block's training-time scale as a 0-d tensor on `like`'s device and dtype (a tensor,
-    so a compiled block takes it as an input instead of recompiling per value), or None for 1.0."""
-    if scales is None or float(scales[j]) == 1.0:
-        return None
-    return torch.tensor(float(scales[j]), device=like.device, dtype=like.dtype)
+def branch_scales(scales: Sequence[float] | None, like: torch.Tensor) -> list[torch.Tensor | None]:
+    """Each listed block's training-time scale as a 0-d tensor on `like`'s device and dtype (a tensor,
+    so a compiled block takes it as an input instead of recompiling per value), or None where it is
+    1.0. One host-to-device copy per forward, not one per block; [] when `scales` is None."""
+    if scales is None:
+        return []
+    values = [float(v) for v in scales]
+    if all(v == 1.0 for v in values):
+        return [None] * len(values)
+    on_device = torch.tensor(values, device=like.device, dtype=like.dtype)
+    return [None if v == 1.0 else on_device[j] for j, v in enumerate(values)]
 
 
 def labelled_index(labels: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from raptr_cli.models.bert.config import BertConfig
 from raptr_cli.models.common import (
     Width,
     block_widths,
-    branch_scale,
+    branch_scales,
     cols_linear,
     gather_labelled,
     resolve_path,
@@ -211,8 +211,9 @@ class BertEncoder(nn.Module):
         scales: Sequence[float] | None,
         widths: Sequence[Width | None] | None = None,
     ) -> torch.Tensor:
+        scaled = branch_scales(scales, x)
         for j, i in enumerate(layers):
-            x = self.layer[i](x, mask, branch_scale(scales, j, x), None if widths is None else widths[j])
+            x = self.layer[i](x, mask, scaled[j] if scaled else None, None if widths is None else widths[j])
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         return x

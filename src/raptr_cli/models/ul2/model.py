@@ -27,7 +27,7 @@ from torch import nn
 from raptr_cli.models.common import (
     Width,
     block_widths,
-    branch_scale,
+    branch_scales,
     cols_linear,
     gather_labelled,
     resolve_path,
@@ -266,8 +266,9 @@ class DecoderForPrefixLM(nn.Module):
         )
         mask = None if prefix_len is None else prefix_lm_mask(prefix_len.to(x.device), T)
         widths = block_widths(subnet, order, self.config.num_heads, self.config.intermediate_size, x)
+        scaled = branch_scales(scales, x)
         for j, i in enumerate(order):
-            x = self.blocks[i](x, cos, sin, mask, branch_scale(scales, j, x), widths[j])
+            x = self.blocks[i](x, cos, sin, mask, scaled[j] if scaled else None, widths[j])
         return self.model.norm(x)
 
     def forward(

@@ -372,3 +372,28 @@ def test_compare_downstream_adds_the_score_and_the_gain(run, task, cli, tmp_path
     before = Path(d["finetune_json"]).stat().st_mtime_ns
     table = run_ok(cli, *args)
     assert Path(d["finetune_json"]).stat().st_mtime_ns == before and "pretraining gain" in table.stdout
+
+
+def test_compare_downstream_shares_one_scratch_result(run, task, cli, tmp_path):
+    """From-scratch fine-tunes do not depend on the pretrained weights: two runs of one architecture
+    and tokenizer (another pretraining seed) share one scratch result, equal to computing it again."""
+    other = tmp_path / "other"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("finetune"))
+    recipe = (other / "recipe.toml").read_text()
+    (tmp_path / "b.toml").write_text(recipe.replace("seed = 0", "seed = 5", 1))
+    assert "seed = 5" in (tmp_path / "b.toml").read_text()
+    run_ok(cli, "pretrain", tmp_path / "b.toml", "--out", other, "--overwrite")
+    first = tmp_path / "first"
+    shutil.copytree(run, first, ignore=shutil.ignore_patterns("finetune"))
+    args = ("compare", "--runs", first, other, "--out", tmp_path / "cmp", "--downstream", task)
+    doc = json.loads(run_ok(cli, *args, "--downstream-seeds", "0,1", "--json").stdout)
+    a, b = (r["downstream"] for r in doc["runs"])
+    assert a["scratch_from"] is None and b["scratch_from"] == str(Path(a["finetune_json"]).parent)
+    mine = json.loads(Path(b["finetune_json"]).read_text())
+    assert Path(mine["checkpoint"]).is_relative_to(other) and [r["seed"] for r in mine["pretrained"]["runs"]] == [0, 1]
+    alone = tmp_path / "alone"
+    run_ok(cli, "finetune", other, "--task", task, "--seeds", "0,1", "--from-scratch", "--out", alone)
+    again = json.loads((alone / "finetune.json").read_text())["scratch"]
+    shared = json.loads(Path(b["finetune_json"]).read_text())["scratch"]
+    for x, y in zip(again["runs"], shared["runs"]):
+        assert x["seed"] == y["seed"] and x["accuracy"] == y["accuracy"] and x["macro_f1"] == y["macro_f1"]

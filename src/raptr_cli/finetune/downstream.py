@@ -3,7 +3,10 @@ seeds) and its pretraining gain, added to the comparison.
 
 Each run is fine-tuned with `run_finetune` (pretrained and from scratch, default settings) into
 RUN/finetune/TASK/final/; a finetune.json already there with the same task, settings and seeds is
-reused, so a second `compare` (or one after `raptr finetune`) costs nothing.
+reused, so a second `compare` (or one after `raptr finetune`) costs nothing. The from-scratch
+fine-tunes depend only on the architecture, tokenizer, task, settings and seeds (`scratch_key`), so
+runs that share those (every full-size model of one comparison) share one scratch result, computed
+once and named in the others' finetune.json (`scratch_from`).
 """
 
 from __future__ import annotations
@@ -41,13 +44,16 @@ def add_downstream(
     cfg = FinetuneConfig()
     task = load_task(task_spec, cfg)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", task.name)
+    scratch: dict[str, dict] = {}  # scratch_key -> the document that computed it (run_finetune)
     for row, run_dir in zip(result["runs"], run_dirs):
         run_dir = Path(run_dir)
         out = run_dir / "finetune" / safe / "final"
         doc = _cached(out / "finetune.json", cfg, seeds, task.name)
         if doc is None:
             label = (lambda name: lambda what, total: progress_for(f"{name}: {what}", total))(row["name"])
-            doc = run_finetune(run_dir, task, cfg, seeds, True, out, label if progress_for else None)
+            doc = run_finetune(run_dir, task, cfg, seeds, True, out, label if progress_for else None, scratch)
+        elif doc.get("scratch_key") and "scratch_from" not in doc:
+            scratch.setdefault(doc["scratch_key"], doc)
         m = doc["metric"]
         row["downstream"] = {
             "task": task.name,
@@ -58,6 +64,7 @@ def add_downstream(
             "scratch_mean": doc["scratch"]["mean"][m],
             "scratch_std": doc["scratch"]["std"][m],
             "gain": doc["gain"][m],
+            "scratch_from": doc.get("scratch_from"),
             "finetune_json": str(out / "finetune.json"),
         }
     result["downstream_task"] = task.summary()

@@ -99,6 +99,25 @@ def _aggregate(runs: list[dict], names: tuple[str, ...]) -> dict:
     return {"runs": runs, "mean": {m: v[0] for m, v in stats.items()}, "std": {m: v[1] for m, v in stats.items()}}
 
 
+def scratch_key(p: Pretrained, task: Task, cfg: FinetuneConfig, seeds: list[int]) -> str:
+    """What a from-scratch fine-tune depends on: the architecture and its configuration, the
+    tokenizer (the encoded examples), the task, the settings and the seeds; not the pretrained
+    weights. Runs that share it (every full-size model of one comparison) share one scratch result."""
+    import hashlib
+
+    from ..data.corpus import sha256_file
+
+    what = {
+        "arch": p.arch,
+        "config": asdict(p.model_config),
+        "tokenizer": sha256_file(p.tokenizer_file),
+        "task": task.summary(),
+        "settings": config_dict(cfg),
+        "seeds": list(seeds),
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_finetune(
     target: Path,
     task: Task,
@@ -107,8 +126,13 @@ def run_finetune(
     from_scratch: bool,
     out_dir: Path | None,
     progress_for: Callable[[str, int], Progress | None] | None = None,
+    scratch_cache: dict[str, dict] | None = None,
 ) -> dict:
-    """Fine-tune per seed (and from scratch too with `from_scratch`); returns the finetune.json document."""
+    """Fine-tune per seed (and from scratch too with `from_scratch`); returns the finetune.json document.
+
+    `scratch_cache` (scratch_key -> a finetune.json document) lets several runs share one
+    from-scratch result: a hit is copied in (with `scratch_from` naming where it was computed)
+    instead of fine-tuned again, and a miss is added to it."""
     from .loop import plan_steps
 
     t0 = time.perf_counter()
@@ -133,7 +157,14 @@ def run_finetune(
         "device": device.type,
         "steps_per_seed": plan_steps(len(task.y_train), cfg),
     }
-    for init in INITS[: 2 if from_scratch else 1]:
+    key = scratch_key(p, task, cfg, seeds) if from_scratch else None
+    if key is not None:
+        doc["scratch_key"] = key
+    shared = (scratch_cache or {}).get(key) if key else None
+    if shared is not None:
+        doc["scratch"] = shared["scratch"]
+        doc["scratch_from"] = shared.get("scratch_from", shared.get("out"))
+    for init in INITS[: 1 if shared is not None or not from_scratch else 2]:
         runs = []
         for seed in seeds:
             model = build_classifier(p, init, task.num_labels, seed).to(device)
@@ -147,6 +178,8 @@ def run_finetune(
         doc["gain"] = {m: doc["pretrained"]["mean"][m] - doc["scratch"]["mean"][m] for m in names}
     doc["seconds"] = time.perf_counter() - t0
     doc["out"] = str(out_dir)
+    if key is not None and scratch_cache is not None and shared is None:
+        scratch_cache[key] = doc
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".finetune.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -181,4 +214,12 @@ def save_classifier(model: torch.nn.Module, p: Pretrained, task: Task, path: Pat
     shutil.copyfile(p.tokenizer_file, path / "tokenizer.json")
 
 
-__all__ = ["INITS", "Pretrained", "build_classifier", "load_pretrained", "run_finetune", "save_classifier"]
+__all__ = [
+    "INITS",
+    "Pretrained",
+    "build_classifier",
+    "load_pretrained",
+    "run_finetune",
+    "save_classifier",
+    "scratch_key",
+]

@@ -64,7 +64,7 @@ width() {  # issue 18: Random Part Training at RaPTr's FLOPs, seeds 0-2, next to
 table() {  # every recorded run, seeds of one run.name pooled (mean +- std, paired differences)
   local runs=()
   for d in "$KEEP"/seed*/*/; do runs+=("$d"); done
-  "$R" compare --runs "${runs[@]}" --out docs/repro
+  "$R" compare --runs "${runs[@]}" --out docs/repro --paired-against bert-tiny-ctx-baseline-equiflop-bert-tiny-ctx-raptr
 }
 
 case "${1:-all}" in

@@ -146,6 +146,42 @@ def test_compare_aggregates_the_seeds_of_a_run(runs, cli, tmp_path):
     assert "mean over seeds" in table.stdout
 
 
+def _shifted_seed(src: Path, dst: Path, seed: int, shift: float) -> Path:
+    """A stand-in for another seed of a run: its files with run.seed = `seed` and every eval loss
+    moved by `shift`, so paired differences are known exactly."""
+    shutil.copytree(src, dst)
+    recipe = (dst / "recipe.toml").read_text()
+    (dst / "recipe.toml").write_text(recipe.replace("seed = 0", f"seed = {seed}", 1))
+    rows = [json.loads(line) for line in (dst / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        if "eval_loss" in r:
+            r["eval_loss"] += shift
+    (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dst
+
+
+def test_compare_paired_against_one_run_name(runs, cli, tmp_path):
+    base1 = _shifted_seed(runs["base"], tmp_path / "base-s1", 1, 0.3)
+    rap1 = _shifted_seed(runs["raptr"], tmp_path / "raptr-s1", 1, 0.1)
+    dirs = [runs["base"], base1, runs["raptr"], rap1]
+    args = ("compare", "--runs", *dirs, "--out", tmp_path / "cmp", "--paired-against", "base")
+    doc = json.loads(run_ok(cli, *args, "--json").stdout)
+    final = {(r["name"], r["seed"]): r["final_eval_loss"] for r in doc["runs"]}
+    (p,) = doc["paired"]
+    assert p["name"] == "raptr" and p["against"] == "base" and p["seeds"] == [0, 1]
+    d0 = final["raptr", 0] - final["base", 0]
+    assert p["diffs"] == pytest.approx([d0, d0 - 0.2])
+    assert p["mean"] == pytest.approx(d0 - 0.1) and p["std"] == pytest.approx(0.2 / 2**0.5)
+    assert p["lower_in"] == (d0 < 0) + (d0 - 0.2 < 0)
+    groups = {g["name"]: g for g in doc["by_name"]}
+    assert groups["base"]["final_eval_loss"]["std"] == pytest.approx(0.3 / 2**0.5)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Paired difference in final eval loss against base" in md and f"0: {d0:+.4f}" in md
+    assert "paired" not in json.loads(run_ok(cli, *args[:-2], "--json").stdout)
+    res = cli("compare", "--runs", *dirs, "--out", tmp_path / "c2", "--paired-against", "nope")
+    assert res.exit_code == 2 and "--paired-against nope" in res.output and "base, raptr" in res.output
+
+
 def test_compare_runs_recipes_with_an_equal_flops_baseline(make_recipe, cli, tmp_path):
     base = make_recipe({"model": {"n_layers": 4}, "run": {"name": "b"}, "train": {"steps": 8}}, name="b.toml")
     rap = make_recipe({**RAPTR_4, "run": {"name": "r"}}, name="r.toml")

@@ -69,9 +69,10 @@ def loss_at(curve: list[tuple], flops: float) -> float | None:
     return None
 
 
-def compare_runs(run_dirs: list[Path], allow_mixed: bool = False) -> dict:
+def compare_runs(run_dirs: list[Path], allow_mixed: bool = False, paired_against: str | None = None) -> dict:
     """The comparison of finished runs; refuses a run listed twice, runs of different objectives
-    (unless `allow_mixed`) and runs of one name that are not one recipe over distinct seeds."""
+    (unless `allow_mixed`) and runs of one name that are not one recipe over distinct seeds. With
+    `paired_against` (a run.name), adds each other run's per-seed difference to it (`paired`)."""
     refuse_duplicates(run_dirs)
     runs = [summarize(Path(d)) for d in run_dirs]
     check_comparable(runs, allow_mixed)
@@ -86,6 +87,8 @@ def compare_runs(run_dirs: list[Path], allow_mixed: bool = False) -> dict:
     groups = by_name(runs)
     if any(len(g["seeds"]) > 1 for g in groups):
         result["by_name"] = groups
+    if paired_against is not None:
+        result["paired"] = paired(runs, paired_against)
     return result
 
 
@@ -159,9 +162,54 @@ def by_name(runs: list[dict]) -> list[dict]:
         for key in AGGREGATED:
             vals = [r[key] for r in rs if r[key] is not None]
             g[key] = (
-                {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)} if len(vals) == len(rs) else None
+                {"mean": sum(vals) / len(vals), "std": _std(vals), "min": min(vals), "max": max(vals)}
+                if len(vals) == len(rs)
+                else None
             )
         out.append(g)
+    return out
+
+
+def _std(vals: list[float]) -> float:
+    """Sample standard deviation (n - 1); 0 for one value."""
+    if len(vals) < 2:
+        return 0.0
+    m = sum(vals) / len(vals)
+    return (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+
+
+def paired(runs: list[dict], against: str) -> list[dict]:
+    """Per seed, each run's final eval loss minus the `against` run's of the same seed (negative:
+    lower loss than it), for every other run.name that shares seeds with it; mean, std, and in how
+    many seeds it is lower. Seeds train on the same data order and eval set, so the paired
+    difference removes what the seeds share."""
+    names = sorted({r["name"] for r in runs})
+    if against not in names:
+        raise UserError(
+            f"--paired-against {against}: no such run.name among the runs",
+            hint="Use one of: " + ", ".join(names) + ".",
+        )
+    ref = {r["seed"]: r["final_eval_loss"] for r in runs if r["name"] == against}
+    out = []
+    for g in by_name(runs):
+        if g["name"] == against:
+            continue
+        mine = {r["seed"]: r["final_eval_loss"] for r in runs if r["name"] == g["name"]}
+        seeds = sorted(set(mine) & set(ref))
+        if not seeds:
+            continue
+        diffs = [mine[s] - ref[s] for s in seeds]
+        out.append(
+            {
+                "name": g["name"],
+                "against": against,
+                "seeds": seeds,
+                "diffs": diffs,
+                "mean": sum(diffs) / len(diffs),
+                "std": _std(diffs),
+                "lower_in": sum(d < 0 for d in diffs),
+            }
+        )
     return out
 
 
@@ -188,7 +236,7 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
     if "by_name" in result:
         lines += [
             "",
-            "Mean over seeds (min - max):",
+            "Mean over seeds, +- sample std (min - max):",
             "",
             "| run | method | schedule | seeds | rel. FLOPs | final eval | best eval | eval @ equal FLOPs "
             "| below floor |",
@@ -201,6 +249,20 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
                 + " | ".join(cells)
                 + " |"
             )
+    if result.get("paired"):
+        ref = result["paired"][0]["against"]
+        lines += [
+            "",
+            f"Paired difference in final eval loss against {ref}, per seed (negative: lower loss than it):",
+            "",
+            "| run | per seed | mean +- std | lower in |",
+            "|---|---|---|---|",
+        ]
+        for p in result["paired"]:
+            per = ", ".join(f"{s}: {d:+.4f}" for s, d in zip(p["seeds"], p["diffs"]))
+            lines.append(
+                f"| {p['name']} | {per} | {p['mean']:+.4f} +- {p['std']:.4f} | {p['lower_in']} of {len(p['seeds'])} |"
+            )
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     written = [out / "compare.json", out / "compare.md"]
     png = plot(result, out / "loss_vs_flops.png")
@@ -208,10 +270,11 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
 
 
 def spread(stat: dict | None, digits: int = 4) -> str:
-    """ "mean (min - max)" of a `by_name` figure."""
+    """ "mean +- std (min - max)" of a `by_name` figure."""
     if stat is None:
         return "-"
-    return f"{stat['mean']:.{digits}f} ({stat['min']:.{digits}f} - {stat['max']:.{digits}f})"
+    d = digits
+    return f"{stat['mean']:.{d}f} +- {stat['std']:.{d}f} ({stat['min']:.{d}f} - {stat['max']:.{d}f})"
 
 
 def plot(result: dict, path: Path) -> Path | None:

@@ -21,6 +21,7 @@ Examples:
   raptr compare recipes/bert-tiny-baseline.toml recipes/bert-tiny-raptr.toml --equal-flops
   raptr compare --runs runs/bert-tiny-baseline runs/bert-tiny-raptr --out runs/cmp
   raptr compare --runs runs/cmp/* --out runs/cmp
+  raptr compare --runs runs/s0/* runs/s1/* --paired-against bert-tiny-baseline-equiflop-bert-tiny-raptr
   raptr compare --runs runs/cmp/bert-tiny-baseline runs/cmp/bert-tiny-raptr --downstream builtin:shakespeare-genre
 
 A finished run in --out is reused only when its recipe.toml is the same resolved recipe (as for
@@ -62,6 +63,15 @@ def compare(
             "(as raptr finetune, pretrained and from scratch) and add its dev score and pretraining gain.",
         ),
     ] = None,
+    paired_against: Annotated[
+        str | None,
+        typer.Option(
+            "--paired-against",
+            metavar="RUN_NAME",
+            help="Also report each run's final eval loss minus this run.name's, seed by seed (mean +- std, "
+            "and in how many seeds it is lower): e.g. the equi-FLOP baseline.",
+        ),
+    ] = None,
     downstream_seeds: Annotated[
         str, typer.Option("--downstream-seeds", help="Fine-tuning seeds for --downstream.")
     ] = "0,1,2",
@@ -85,7 +95,7 @@ def compare(
         dirs = list(runs)
     else:
         dirs = _run_all(list(recipes), out, set_ or [], equal_flops, quiet=json_out, allow_mixed=allow_mixed)
-    result = compare_runs(dirs, allow_mixed=allow_mixed)
+    result = compare_runs(dirs, allow_mixed=allow_mixed, paired_against=paired_against)
     if downstream:
         from ..finetune import downstream as ds
         from .finetune_cmd import _Bar, _seeds
@@ -186,7 +196,7 @@ def _print_table(result: dict) -> None:
     if "by_name" in result:
         from ..comparison import AGGREGATED, spread
 
-        g_t = Table(title="mean over seeds (min - max)", title_justify="left")
+        g_t = Table(title="mean over seeds +- sample std (min - max)", title_justify="left")
         for col in (
             "run",
             "method",
@@ -208,6 +218,21 @@ def _print_table(result: dict) -> None:
                 *(spread(g[k], 3 if k == "relative_flops" else 4) for k in AGGREGATED),
             )
         console.print(g_t)
+    if result.get("paired"):
+        p_t = Table(
+            title=f"final eval loss minus {result['paired'][0]['against']}'s, seed by seed (negative: lower)",
+            title_justify="left",
+        )
+        for col in ("run", "per seed", "mean +- std", "lower in"):
+            p_t.add_column(col, justify="left" if col in ("run", "per seed") else "right")
+        for p in result["paired"]:
+            p_t.add_row(
+                p["name"],
+                ", ".join(f"{s}: {d:+.4f}" for s, d in zip(p["seeds"], p["diffs"])),
+                f"{p['mean']:+.4f} +- {p['std']:.4f}",
+                f"{p['lower_in']} of {len(p['seeds'])}",
+            )
+        console.print(p_t)
 
 
 def _run_all(

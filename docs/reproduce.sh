@@ -6,7 +6,9 @@
 #   - PLD as published (pre-LN, 1/p on each residual branch, gamma solved for RaPTr's FLOPs) and
 #     constant stochastic depth at RaPTr's expected FLOPs, seed 0;
 #   - RaPTr ablations, seed 0: scale = "inverse_p", no fixed layers, the bernoulli sampler;
-#   - Random Part Training (width subnetworks, alone and with depth), seeds 0, 1, 2.
+#   - Random Part Training (width subnetworks, alone and with depth), seeds 0, 1, 2;
+#   - downstream (issue 16): the main four (all seeds), PLD and SD fine-tuned on builtin:shakespeare-genre
+#     with fine-tune seeds 0, 1, 2, and the same architecture from scratch once.
 # Every run but the full baseline costs RaPTr's FLOPs (0.756x). The split does not move with the seed
 # (data.split_seed), so every seed is scored on the same eval set.
 #
@@ -15,7 +17,7 @@
 # leaves its metrics.jsonl and recipe.toml in docs/repro/runs/ (committed: the table is built from them,
 # and a run recorded there is not trained again, on this machine or another).
 # Run from the repository root after `make install data`:  bash docs/reproduce.sh
-# Pieces: `bash docs/reproduce.sh seed 1`, `... published`, `... ablations`, `... width`; `... table` rewrites
+# Pieces: `bash docs/reproduce.sh seed 1`, `... published`, `... downstream`, `... ablations`, `... width`; `... table` rewrites
 # docs/repro/ (compare.json, compare.md, the plot) from whatever has finished.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -61,18 +63,54 @@ width() {  # issue 18: Random Part Training at RaPTr's FLOPs, seeds 0-2, next to
   done
 }
 
+TASK=builtin:shakespeare-genre
+DOWNSTREAM=(bert-tiny-ctx-baseline bert-tiny-ctx-baseline-equiflop-bert-tiny-ctx-raptr bert-tiny-ctx-raptr
+  bert-tiny-ctx-stacking bert-tiny-ctx-pld bert-tiny-ctx-sd)
+
+downstream() {  # issue 16: the main four (every seed), PLD and SD fine-tuned on $TASK, fine-tune seeds 0-2
+  # Needs the trained models in $OUT (runs/repro, not committed): run it in the session that trained
+  # them. One `compare --downstream` call, so the from-scratch fine-tunes run once for all the runs;
+  # each run's finetune.json is then recorded next to its metrics (RUN/finetune/TASK/final/), where a
+  # later `compare --downstream` reads it instead of fine-tuning again.
+  local dirs=() d rel
+  for d in "$KEEP"/seed*/*/; do
+    rel=${d#"$KEEP"/}; rel=${rel%/}
+    [[ " ${DOWNSTREAM[*]} " == *" ${rel#*/} "* ]] || continue
+    if [[ ! -d "$OUT/$rel/final" ]]; then
+      ls "$d"finetune/*/final/finetune.json >/dev/null 2>&1 || echo "no model for $rel in $OUT: not fine-tuned" >&2
+      continue
+    fi
+    for f in "$d"finetune/*/final/finetune.json; do  # recorded earlier: reused, not fine-tuned again
+      [[ -f "$f" ]] && mkdir -p "$(dirname "$OUT/$rel/${f#"$d"}")" && cp "$f" "$OUT/$rel/${f#"$d"}"
+    done
+    dirs+=("$OUT/$rel")
+  done
+  ((${#dirs[@]})) || { echo "nothing to fine-tune" >&2; return; }
+  "$R" compare --runs "${dirs[@]}" --downstream "$TASK" --out "$OUT/downstream"
+  for d in "${dirs[@]}"; do
+    rel=${d#"$OUT"/}
+    for f in "$d"/finetune/*/final/finetune.json; do
+      mkdir -p "$(dirname "$KEEP/$rel/${f#"$d"/}")" && cp "$f" "$KEEP/$rel/${f#"$d"/}"
+    done
+  done
+}
+
 table() {  # every recorded run, seeds of one run.name pooled (mean +- std, paired differences)
   local runs=()
   for d in "$KEEP"/seed*/*/; do runs+=("$d"); done
   "$R" compare --runs "${runs[@]}" --out docs/repro --paired-against bert-tiny-ctx-baseline-equiflop-bert-tiny-ctx-raptr
+  runs=()  # the downstream table: the runs whose fine-tuning is recorded (downstream, above)
+  for d in "$KEEP"/seed*/*/; do ls "$d"finetune/*/final/finetune.json >/dev/null 2>&1 && runs+=("$d"); done
+  if ((${#runs[@]})); then "$R" compare --runs "${runs[@]}" --downstream "$TASK" --out docs/repro/downstream; fi
 }
 
 case "${1:-all}" in
-  all) seed_runs 0; published; seed_runs 1; seed_runs 2; ablations; width; table ;;
+  all) seed_runs 0; published; seed_runs 1; seed_runs 2; downstream; ablations; width; table ;;
   seed) seed_runs "$2" ;;
   published) published ;;
   ablations) ablations ;;
   width) width ;;
+  downstream) downstream ;;
   table) table ;;
-  *) echo "usage: bash docs/reproduce.sh [all | seed N | published | ablations | width | table]" >&2; exit 2 ;;
+  *) echo "usage: bash docs/reproduce.sh [all | seed N | published | downstream | ablations | width | table]" >&2; exit 2 ;;
 esac

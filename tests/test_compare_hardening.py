@@ -241,7 +241,9 @@ def test_the_runs_examples_in_help_work_as_written(world, cli, tmp_path, monkeyp
     examples = [
         line.strip()
         for line in HELP.splitlines()
-        if line.strip().startswith("raptr compare --runs") and "--downstream" not in line
+        if line.strip().startswith("raptr compare --runs")
+        and "--downstream" not in line
+        and "--paired-against" not in line  # (test_the_paired_example_in_help_works_as_written)
     ]
     assert len(examples) == 2
     for line in examples:  # as a shell runs it: words split, globs expanded
@@ -249,6 +251,25 @@ def test_the_runs_examples_in_help_work_as_written(world, cli, tmp_path, monkeyp
         run_ok(cli, "compare", *words)
         doc = json.loads((tmp_path / "runs" / "cmp" / "compare.json").read_text())
         assert sorted(r["name"] for r in doc["runs"]) == ["a", "b"], line
+
+
+def test_the_paired_example_in_help_works_as_written(world, cli, tmp_path, monkeypatch) -> None:
+    from raptr_cli.cli.compare_cmd import HELP
+
+    (line,) = [x.strip() for x in HELP.splitlines() if "--paired-against" in x and x.strip().startswith("raptr")]
+    for seed in (0, 1):  # two seeds of two recipes, named as the example names them
+        for name, run in (("bert-tiny-baseline", "a"), ("bert-tiny-raptr", "b")):
+            d = tmp_path / "runs" / f"s{seed}" / name
+            shutil.copytree(world["cmp"] / run, d)
+            recipe = (d / "recipe.toml").read_text()
+            recipe = recipe.replace(f'name = "{run}"', f'name = "{name}"', 1).replace("seed = 0", f"seed = {seed}", 1)
+            (d / "recipe.toml").write_text(recipe)
+    monkeypatch.chdir(tmp_path)
+    words = [w2 for w in shlex.split(line)[2:] for w2 in (sorted(glob.glob(w)) if "*" in w else [w])]
+    out = run_ok(cli, "compare", *words).stdout
+    doc = json.loads((tmp_path / "runs" / "seeds" / "compare.json").read_text())
+    (p,) = doc["paired"]
+    assert p["name"] == "bert-tiny-raptr" and p["seeds"] == [0, 1] and "seed by seed" in out
 
 
 # --- 11 (part): --out at a file ---------------------------------------------------------------------

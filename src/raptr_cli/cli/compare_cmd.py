@@ -21,7 +21,7 @@ Examples:
   raptr compare recipes/bert-tiny-baseline.toml recipes/bert-tiny-raptr.toml --equal-flops
   raptr compare --runs runs/bert-tiny-baseline runs/bert-tiny-raptr --out runs/cmp
   raptr compare --runs runs/cmp/* --out runs/cmp
-  raptr compare --runs runs/s0/* runs/s1/* --paired-against bert-tiny-baseline-equiflop-bert-tiny-raptr
+  raptr compare --runs runs/s0/* runs/s1/* --out runs/seeds --paired-against bert-tiny-baseline
   raptr compare --runs runs/cmp/bert-tiny-baseline runs/cmp/bert-tiny-raptr --downstream builtin:shakespeare-genre
 
 A finished run in --out is reused only when its recipe.toml is the same resolved recipe (as for

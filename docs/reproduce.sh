@@ -72,10 +72,12 @@ downstream() {  # issue 16: the main four (every seed), PLD and SD fine-tuned on
   # them. One `compare --downstream` call, so the from-scratch fine-tunes run once for all the runs;
   # each run's finetune.json is then recorded next to its metrics (RUN/finetune/TASK/final/), where a
   # later `compare --downstream` reads it instead of fine-tuning again.
-  local dirs=() d rel
+  local dirs=() d rel s
   for d in "$KEEP"/seed*/*/; do
     rel=${d#"$KEEP"/}; rel=${rel%/}
     [[ " ${DOWNSTREAM[*]} " == *" ${rel#*/} "* ]] || continue
+    s=${rel%%/*}; s=${s#seed}  # DS_SEEDS="0": only the pretraining seeds listed (default all)
+    [[ " ${DS_SEEDS:-0 1 2} " == *" $s "* ]] || continue
     if [[ ! -d "$OUT/$rel/final" ]]; then
       ls "$d"finetune/*/final/finetune.json >/dev/null 2>&1 || echo "no model for $rel in $OUT: not fine-tuned" >&2
       continue

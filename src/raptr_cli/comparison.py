@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import UserError
+from .finetune.metrics import mean_std
 from .schedule import ScheduleConfig, is_full_model, size_key
 from .train.metrics import read_metrics
 
@@ -162,20 +163,12 @@ def by_name(runs: list[dict]) -> list[dict]:
         for key in AGGREGATED:
             vals = [r[key] for r in rs if r[key] is not None]
             g[key] = (
-                {"mean": sum(vals) / len(vals), "std": _std(vals), "min": min(vals), "max": max(vals)}
+                {"mean": sum(vals) / len(vals), "std": mean_std(vals)[1], "min": min(vals), "max": max(vals)}
                 if len(vals) == len(rs)
                 else None
             )
         out.append(g)
     return out
-
-
-def _std(vals: list[float]) -> float:
-    """Sample standard deviation (n - 1); 0 for one value."""
-    if len(vals) < 2:
-        return 0.0
-    m = sum(vals) / len(vals)
-    return (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
 
 
 def paired(runs: list[dict], against: str) -> list[dict]:
@@ -184,29 +177,30 @@ def paired(runs: list[dict], against: str) -> list[dict]:
     many seeds it is lower. Seeds train on the same data order and eval set, so the paired
     difference removes what the seeds share."""
     names = sorted({r["name"] for r in runs})
-    if against not in names:
+    if against not in names:  # checked first: the message lists the names there are
         raise UserError(
             f"--paired-against {against}: no such run.name among the runs",
             hint="Use one of: " + ", ".join(names) + ".",
         )
-    ref = {r["seed"]: r["final_eval_loss"] for r in runs if r["name"] == against}
+    final: dict[str, dict[int, float]] = {}  # run.name -> seed -> final eval loss, in the runs' order
+    for r in runs:
+        final.setdefault(r["name"], {})[r["seed"]] = r["final_eval_loss"]
+    ref = final[against]
     out = []
-    for g in by_name(runs):
-        if g["name"] == against:
-            continue
-        mine = {r["seed"]: r["final_eval_loss"] for r in runs if r["name"] == g["name"]}
+    for name, mine in final.items():
         seeds = sorted(set(mine) & set(ref))
-        if not seeds:
+        if name == against or not seeds:
             continue
         diffs = [mine[s] - ref[s] for s in seeds]
+        mean, std = mean_std(diffs)
         out.append(
             {
-                "name": g["name"],
+                "name": name,
                 "against": against,
                 "seeds": seeds,
                 "diffs": diffs,
-                "mean": sum(diffs) / len(diffs),
-                "std": _std(diffs),
+                "mean": mean,
+                "std": std,
                 "lower_in": sum(d < 0 for d in diffs),
             }
         )

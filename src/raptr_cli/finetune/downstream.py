@@ -52,7 +52,7 @@ def add_downstream(
         if doc is None:
             label = (lambda name: lambda what, total: progress_for(f"{name}: {what}", total))(row["name"])
             doc = run_finetune(run_dir, task, cfg, seeds, True, out, label if progress_for else None, scratch)
-        elif doc.get("scratch_key") and "scratch_from" not in doc:
+        elif doc.get("scratch_key"):  # reused: its scratch serves the runs still to fine-tune
             scratch.setdefault(doc["scratch_key"], doc)
         m = doc["metric"]
         row["downstream"] = {

@@ -158,13 +158,14 @@ def run_finetune(
         "steps_per_seed": plan_steps(len(task.y_train), cfg),
     }
     key = scratch_key(p, task, cfg, seeds) if from_scratch else None
+    shared = (scratch_cache or {}).get(key) if key else None
     if key is not None:
         doc["scratch_key"] = key
-    shared = (scratch_cache or {}).get(key) if key else None
     if shared is not None:
         doc["scratch"] = shared["scratch"]
-        doc["scratch_from"] = shared.get("scratch_from", shared.get("out"))
-    for init in INITS[: 1 if shared is not None or not from_scratch else 2]:
+        doc["scratch_from"] = shared.get("scratch_from", shared["out"])
+    inits = INITS if from_scratch and shared is None else INITS[:1]
+    for init in inits:
         runs = []
         for seed in seeds:
             model = build_classifier(p, init, task.num_labels, seed).to(device)

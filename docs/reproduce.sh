@@ -30,10 +30,28 @@ EQUIFLOP_STEPS=756  # the baseline at RaPTr 6-8-10-12's FLOPs (0.7562x): `raptr 
 
 one() {  # one() SEED NAME RECIPE [--set ...]: train (or resume) one run unless it is recorded, then record it
   local seed=$1 name=$2 recipe=$3; shift 3
-  if grep -qs '"run_end"' "$KEEP/seed$seed/$name/metrics.jsonl"; then echo "recorded: seed $seed $name"; return; fi
+  local rec="$KEEP/seed$seed/$name" run="$OUT/seed$seed/$name"
+  if grep -qs '"run_end"' "$rec/metrics.jsonl"; then
+    # NEED_MODEL=1 (downstream): a recorded run whose model is not in $OUT (another machine or session)
+    # and whose fine-tuning is not recorded is trained again; it must end at the recorded loss.
+    if [[ -z "${NEED_MODEL:-}" || -d "$run/final" ]] || ls "$rec"/finetune/*/final/finetune.json >/dev/null 2>&1; then
+      echo "recorded: seed $seed $name"; return
+    fi
+    echo "recorded, but no model in $OUT: training seed $seed $name again for its fine-tuning"
+    "$R" compare "$recipe" --out "$OUT/seed$seed" --set "run.seed=$seed" --set "run.name=$name" "${common[@]}" "$@"
+    local was now
+    was=$(grep '"run_end"' "$rec/metrics.jsonl" | grep -o '"eval_loss": [-0-9.e]*' | cut -d' ' -f2)
+    now=$(grep '"run_end"' "$run/metrics.jsonl" | grep -o '"eval_loss": [-0-9.e]*' | cut -d' ' -f2)
+    if awk -v a="$was" -v b="$now" 'BEGIN { d = a - b; exit !(d < 5e-5 && d > -5e-5) }'; then
+      echo "seed $seed $name: final eval $now, recorded $was (reproduced)"
+    else
+      echo "seed $seed $name: final eval $now, but recorded $was: NOT reproduced (the record is kept)" >&2
+    fi
+    return
+  fi
   "$R" compare "$recipe" --out "$OUT/seed$seed" --set "run.seed=$seed" --set "run.name=$name" "${common[@]}" "$@"
-  mkdir -p "$KEEP/seed$seed/$name"
-  cp "$OUT/seed$seed/$name/metrics.jsonl" "$OUT/seed$seed/$name/recipe.toml" "$KEEP/seed$seed/$name/"
+  mkdir -p "$rec"
+  cp "$run/metrics.jsonl" "$run/recipe.toml" "$rec/"
 }
 
 seed_runs() {  # the four main methods of one seed
@@ -68,15 +86,21 @@ DOWNSTREAM=(bert-tiny-ctx-baseline bert-tiny-ctx-baseline-equiflop-bert-tiny-ctx
   bert-tiny-ctx-stacking bert-tiny-ctx-pld bert-tiny-ctx-sd)
 
 downstream() {  # issue 16: the main four (every seed), PLD and SD fine-tuned on $TASK, fine-tune seeds 0-2
-  # Needs the trained models in $OUT (runs/repro, not committed): run it in the session that trained
-  # them. One `compare --downstream` call, so the from-scratch fine-tunes run once for all the runs;
-  # each run's finetune.json is then recorded next to its metrics (RUN/finetune/TASK/final/), where a
-  # later `compare --downstream` reads it instead of fine-tuning again.
+  # Needs the trained models in $OUT (runs/repro, not committed): a run recorded without its model here
+  # (trained in another session or on another machine) and without recorded fine-tuning is trained
+  # again first, and its final loss is checked against the record. One `compare --downstream` call, so
+  # the from-scratch fine-tunes run once for all the runs; each run's finetune.json is then recorded
+  # next to its metrics (RUN/finetune/TASK/final/), where a later `compare --downstream` reads it
+  # instead of fine-tuning again.
   local dirs=() d rel s
+  for s in ${DS_SEEDS:-0 1 2}; do  # DS_SEEDS="0": only the pretraining seeds listed (default all)
+    NEED_MODEL=1 seed_runs "$s"
+    [[ "$s" != 0 ]] || NEED_MODEL=1 published
+  done
   for d in "$KEEP"/seed*/*/; do
     rel=${d#"$KEEP"/}; rel=${rel%/}
     [[ " ${DOWNSTREAM[*]} " == *" ${rel#*/} "* ]] || continue
-    s=${rel%%/*}; s=${s#seed}  # DS_SEEDS="0": only the pretraining seeds listed (default all)
+    s=${rel%%/*}; s=${s#seed}
     [[ " ${DS_SEEDS:-0 1 2} " == *" $s "* ]] || continue
     if [[ ! -d "$OUT/$rel/final" ]]; then
       ls "$d"finetune/*/final/finetune.json >/dev/null 2>&1 || echo "no model for $rel in $OUT: not fine-tuned" >&2

@@ -177,13 +177,17 @@ def test_a_stale_cache_is_recounted_not_trusted(bert_run, cli):
 
 def test_ul2_floor_is_scored_at_the_target_text_tokens(make_recipe, cli, tmp_path):
     out = tmp_path / "ul2"
-    run_ok(cli, "pretrain", make_recipe(UL2), "--out", out)
+    printed = run_ok(cli, "pretrain", make_recipe(UL2), "--out", out, "--set", "log.console=plain").stdout
     floor, n = hand_floor(out)
     last = eval_rows(read_rows(out))[-1]
     assert last["unigram_loss"] == pytest.approx(floor, rel=1e-9) and last["unigram_tokens"] == n
     assert 0 < n < last["eval_tokens"]  # the sentinel and [EOS] targets are left out
     # the model's loss at those same positions is what the floor is compared with
     assert last["loss_below_unigram"] == pytest.approx(floor - last["eval_loss_at_unigram_positions"], abs=1e-9)
+    # ... and the run's summary rows and console carry it, so "below" can be checked by eye
+    end = [r for r in read_rows(out) if r.get("event") == "run_end"][0]
+    assert end["eval_loss_at_unigram_positions"] == last["eval_loss_at_unigram_positions"]
+    assert f"model {last['eval_loss_at_unigram_positions']:.4f} at its positions" in printed
     res = json.loads(run_ok(cli, "eval", out, "--json").stdout)
     assert res["unigram_loss"] == pytest.approx(floor, rel=1e-9)
     assert res["loss_below_unigram"] == pytest.approx(last["loss_below_unigram"], rel=1e-6)

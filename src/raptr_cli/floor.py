@@ -170,6 +170,18 @@ def for_run(run_dir: Path | None, train: torch.Tensor, tok, specials: dict) -> U
 KEYS = ("unigram_loss", "loss_below_unigram")
 """The floor's keys, copied from an eval row into stage_end and run_end rows."""
 
+AT_FLOOR_POSITIONS = "eval_loss_at_unigram_positions"
+"""UL2's eval rows: the model's loss at the floor's positions (the text targets), which differs from
+eval_loss (that also scores the sentinel and [EOS] targets)."""
+
+
+def floor_keys(ev: dict) -> dict:
+    """The floor's keys of an eval row, to copy into a stage_end or run_end row (UL2's also its
+    loss at the floor's positions)."""
+    return {k: ev.get(k) for k in KEYS} | (
+        {AT_FLOOR_POSITIONS: ev[AT_FLOOR_POSITIONS]} if AT_FLOOR_POSITIONS in ev else {}
+    )
+
 
 def floor_fields(unigram_sum: float, model_sum: float, n: int) -> dict:
     """The eval row's floor keys from the sums over the floor's positions."""
@@ -195,6 +207,8 @@ def floor_warning(row: dict, margin: float = FLOOR_MARGIN) -> str | None:
 __all__ = [
     "SMOOTHING",
     "FLOOR_MARGIN",
+    "AT_FLOOR_POSITIONS",
+    "floor_keys",
     "CACHE_FILE",
     "Unigram",
     "special_id_list",

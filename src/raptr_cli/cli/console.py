@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..floor import AT_FLOOR_POSITIONS
 from ..schedule import size_key
 
 
@@ -42,7 +43,9 @@ def _floor_text(row: dict) -> str:
     if row.get("unigram_loss") is None:
         return ""
     below = row["loss_below_unigram"]
-    return f"  floor {f4(row['unigram_loss'])} ({f4(abs(below))} {'below' if below >= 0 else 'above'})"
+    # UL2: the floor is scored at the text targets only, where the model's own loss differs from eval_loss
+    there = "" if row.get(AT_FLOOR_POSITIONS) is None else f"; model {f4(row[AT_FLOOR_POSITIONS])} at its positions"
+    return f"  floor {f4(row['unigram_loss'])} ({f4(abs(below))} {'below' if below >= 0 else 'above'}{there})"
 
 
 def _signed(x: float | None) -> str:

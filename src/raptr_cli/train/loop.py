@@ -367,7 +367,7 @@ class Trainer(Persistence):
                 "flops": self.state.flops,
                 "elapsed_s": round(self.state.elapsed_s, 3),
             }
-            summary.update(eval_loss=ev["eval_loss"], **{k: ev.get(k) for k in floor.KEYS})
+            summary.update(eval_loss=ev["eval_loss"], **floor.floor_keys(ev))
             self.log.log(summary)
         return ev
 

@@ -70,7 +70,7 @@ class StageTracker:
                 "loss_after_transition": s.get("loss_after_transition"),
                 "eval_loss": ev["eval_loss"],
                 "eval_full_model": ev["eval_full_model"],
-                **{k: ev.get(k) for k in floor.KEYS},
+                **floor.floor_keys(ev),
                 "tokens_per_s": tokens / max(train_s, 1e-9),
                 "wall_s": round(elapsed, 3),
                 "tflops_per_s": (st.flops - s["flops_start"]) / max(train_s, 1e-9) / 1e12,

@@ -91,8 +91,9 @@ downstream() {  # issue 16: the main four (every seed), PLD and SD fine-tuned on
   # again first, and its final loss is checked against the record. One `compare --downstream` call, so
   # the from-scratch fine-tunes run once for all the runs; each run's finetune.json is then recorded
   # next to its metrics (RUN/finetune/TASK/final/), where a later `compare --downstream` reads it
-  # instead of fine-tuning again.
-  local dirs=() d rel s
+  # instead of fine-tuning again. Runs recorded with their fine-tuning but without a model here join
+  # that call from $KEEP, read only: the from-scratch result they hold is then not computed again.
+  local dirs=() reads=() d rel s
   for s in ${DS_SEEDS:-0 1 2}; do  # DS_SEEDS="0": only the pretraining seeds listed (default all)
     NEED_MODEL=1 seed_runs "$s"
     [[ "$s" != 0 ]] || NEED_MODEL=1 published
@@ -101,18 +102,22 @@ downstream() {  # issue 16: the main four (every seed), PLD and SD fine-tuned on
     rel=${d#"$KEEP"/}; rel=${rel%/}
     [[ " ${DOWNSTREAM[*]} " == *" ${rel#*/} "* ]] || continue
     s=${rel%%/*}; s=${s#seed}
-    [[ " ${DS_SEEDS:-0 1 2} " == *" $s "* ]] || continue
     if [[ ! -d "$OUT/$rel/final" ]]; then
-      ls "$d"finetune/*/final/finetune.json >/dev/null 2>&1 || echo "no model for $rel in $OUT: not fine-tuned" >&2
+      if ls "$d"finetune/*/final/finetune.json >/dev/null 2>&1; then
+        reads+=("${d%/}")
+      elif [[ " ${DS_SEEDS:-0 1 2} " == *" $s "* ]]; then
+        echo "no model for $rel in $OUT: not fine-tuned" >&2
+      fi
       continue
     fi
+    [[ " ${DS_SEEDS:-0 1 2} " == *" $s "* ]] || continue
     for f in "$d"finetune/*/final/finetune.json; do  # recorded earlier: reused, not fine-tuned again
       [[ -f "$f" ]] && mkdir -p "$(dirname "$OUT/$rel/${f#"$d"}")" && cp "$f" "$OUT/$rel/${f#"$d"}"
     done
     dirs+=("$OUT/$rel")
   done
   ((${#dirs[@]})) || { echo "nothing to fine-tune" >&2; return; }
-  "$R" compare --runs "${dirs[@]}" --downstream "$TASK" --out "$OUT/downstream"
+  "$R" compare --runs "${dirs[@]}" "${reads[@]}" --downstream "$TASK" --out "$OUT/downstream"
   for d in "${dirs[@]}"; do
     rel=${d#"$OUT"/}
     for f in "$d"/finetune/*/final/finetune.json; do

@@ -24,8 +24,8 @@ shift  # compare
 if [[ "$1" == --runs ]]; then
   shift
   while [[ $# -gt 0 && "$1" != --* ]]; do
-    mkdir -p "$1/finetune/builtin-shakespeare-genre/final"
-    echo '{"task": "builtin:shakespeare-genre"}' > "$1/finetune/builtin-shakespeare-genre/final/finetune.json"
+    f="$1/finetune/builtin-shakespeare-genre/final/finetune.json"  # a recorded one is read, not redone
+    [[ -f "$f" ]] || { mkdir -p "$(dirname "$f")"; echo '{"task": "builtin:shakespeare-genre"}' > "$f"; }
     shift
   done
   exit 0
@@ -64,6 +64,11 @@ def repro(tmp_path: Path):
         d.mkdir(parents=True)
         (d / "metrics.jsonl").write_text('{"event": "run_end", "step": 1000, "eval_loss": 5.9}\n')
         (d / "recipe.toml").write_text("[run]\n")
+    # seed 0's baseline: recorded with its fine-tuning (and so its from-scratch result), no model here
+    d = keep / "seed0" / MAIN[0]
+    (d / "finetune" / "builtin-shakespeare-genre" / "final").mkdir(parents=True)
+    (d / "metrics.jsonl").write_text('{"event": "run_end", "step": 1000, "eval_loss": 5.88}\n')
+    (d / "finetune" / "builtin-shakespeare-genre" / "final" / "finetune.json").write_text('{"recorded": 1}')
 
     def run(*args: str, loss: str = "5.9") -> subprocess.CompletedProcess:
         env = {
@@ -100,6 +105,12 @@ def test_downstream_trains_again_what_has_no_model_checks_it_and_records_the_fin
     assert p.stdout.count("(reproduced)") == 4
     (tune,) = [c for c in calls() if "--runs" in c]
     assert all(str(out / "seed1" / name) in tune for name in MAIN)
+    # seed 0's record joins the call read-only (its scratch result is reused); it is not trained again
+    seed0 = keep / "seed0" / MAIN[0]
+    assert str(seed0) in tune.split() and "run.seed=0" not in " ".join(trained)
+    assert (
+        seed0 / "finetune" / "builtin-shakespeare-genre" / "final" / "finetune.json"
+    ).read_text() == '{"recorded": 1}'
     for name in MAIN:
         rec = keep / "seed1" / name / "finetune" / "builtin-shakespeare-genre" / "final" / "finetune.json"
         assert json.loads(rec.read_text())["task"] == "builtin:shakespeare-genre"

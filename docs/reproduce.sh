@@ -117,7 +117,7 @@ downstream() {  # issue 16: the main four (every seed), PLD and SD fine-tuned on
     dirs+=("$OUT/$rel")
   done
   ((${#dirs[@]})) || { echo "nothing to fine-tune" >&2; return; }
-  "$R" compare --runs "${dirs[@]}" "${reads[@]}" --downstream "$TASK" --out "$OUT/downstream"
+  "$R" compare --runs "${reads[@]}" "${dirs[@]}" --downstream "$TASK" --out "$OUT/downstream"
   for d in "${dirs[@]}"; do
     rel=${d#"$OUT"/}
     for f in "$d"/finetune/*/final/finetune.json; do

@@ -397,3 +397,11 @@ def test_compare_downstream_shares_one_scratch_result(run, task, cli, tmp_path):
     shared = json.loads(Path(b["finetune_json"]).read_text())["scratch"]
     for x, y in zip(again["runs"], shared["runs"]):
         assert x["seed"] == y["seed"] and x["accuracy"] == y["accuracy"] and x["macro_f1"] == y["macro_f1"]
+    # a run fine-tuned earlier serves its scratch result wherever it is listed, also after a new run
+    third = tmp_path / "third"
+    shutil.copytree(run, third, ignore=shutil.ignore_patterns("finetune"))
+    args = ("compare", "--runs", third, other, "--out", tmp_path / "cmp2", "--downstream", task)
+    c, b2 = (
+        r["downstream"] for r in json.loads(run_ok(cli, *args, "--downstream-seeds", "0,1", "--json").stdout)["runs"]
+    )
+    assert c["scratch_from"] == str(Path(a["finetune_json"]).parent) and b2 == b

@@ -44,16 +44,16 @@ def add_downstream(
     cfg = FinetuneConfig()
     task = load_task(task_spec, cfg)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", task.name)
+    outs = [Path(d) / "finetune" / safe / "final" for d in run_dirs]
+    cached = [_cached(out / "finetune.json", cfg, seeds, task.name) for out in outs]
     scratch: dict[str, dict] = {}  # scratch_key -> the document that computed it (run_finetune)
-    for row, run_dir in zip(result["runs"], run_dirs):
-        run_dir = Path(run_dir)
-        out = run_dir / "finetune" / safe / "final"
-        doc = _cached(out / "finetune.json", cfg, seeds, task.name)
+    for doc in cached:  # reused documents serve the runs still to fine-tune, wherever they are listed
+        if doc is not None and doc.get("scratch_key"):
+            scratch.setdefault(doc["scratch_key"], doc)
+    for row, run_dir, out, doc in zip(result["runs"], run_dirs, outs, cached):
         if doc is None:
             label = (lambda name: lambda what, total: progress_for(f"{name}: {what}", total))(row["name"])
-            doc = run_finetune(run_dir, task, cfg, seeds, True, out, label if progress_for else None, scratch)
-        elif doc.get("scratch_key"):  # reused: its scratch serves the runs still to fine-tune
-            scratch.setdefault(doc["scratch_key"], doc)
+            doc = run_finetune(Path(run_dir), task, cfg, seeds, True, out, label if progress_for else None, scratch)
         m = doc["metric"]
         row["downstream"] = {
             "task": task.name,

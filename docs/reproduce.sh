@@ -28,6 +28,13 @@ C=recipes/bert-tiny-ctx
 common=(--set log.console=plain --set train.keep_checkpoints=1)
 EQUIFLOP_STEPS=756  # the baseline at RaPTr 6-8-10-12's FLOPs (0.7562x): `raptr compare --equal-flops` solves the same
 
+train() {  # train() SEED NAME RECIPE [--set ...]: train or resume one run into $OUT
+  local seed=$1 name=$2 recipe=$3; shift 3
+  "$R" compare "$recipe" --out "$OUT/seed$seed" --set "run.seed=$seed" --set "run.name=$name" "${common[@]}" "$@"
+}
+
+wanted() { [[ " ${DS_SEEDS:-0 1 2} " == *" $1 "* ]]; }  # DS_SEEDS="0": only the pretraining seeds listed
+
 one() {  # one() SEED NAME RECIPE [--set ...]: train (or resume) one run unless it is recorded, then record it
   local seed=$1 name=$2 recipe=$3; shift 3
   local rec="$KEEP/seed$seed/$name" run="$OUT/seed$seed/$name"
@@ -38,7 +45,7 @@ one() {  # one() SEED NAME RECIPE [--set ...]: train (or resume) one run unless 
       echo "recorded: seed $seed $name"; return
     fi
     echo "recorded, but no model in $OUT: training seed $seed $name again for its fine-tuning"
-    "$R" compare "$recipe" --out "$OUT/seed$seed" --set "run.seed=$seed" --set "run.name=$name" "${common[@]}" "$@"
+    train "$seed" "$name" "$recipe" "$@"
     local was now
     was=$(grep '"run_end"' "$rec/metrics.jsonl" | grep -o '"eval_loss": [-0-9.e]*' | cut -d' ' -f2)
     now=$(grep '"run_end"' "$run/metrics.jsonl" | grep -o '"eval_loss": [-0-9.e]*' | cut -d' ' -f2)
@@ -49,7 +56,7 @@ one() {  # one() SEED NAME RECIPE [--set ...]: train (or resume) one run unless 
     fi
     return
   fi
-  "$R" compare "$recipe" --out "$OUT/seed$seed" --set "run.seed=$seed" --set "run.name=$name" "${common[@]}" "$@"
+  train "$seed" "$name" "$recipe" "$@"
   mkdir -p "$rec"
   cp "$run/metrics.jsonl" "$run/recipe.toml" "$rec/"
 }
@@ -94,7 +101,7 @@ downstream() {  # issue 16: the main four (every seed), PLD and SD fine-tuned on
   # instead of fine-tuning again. Runs recorded with their fine-tuning but without a model here join
   # that call from $KEEP, read only: the from-scratch result they hold is then not computed again.
   local dirs=() reads=() d rel s
-  for s in ${DS_SEEDS:-0 1 2}; do  # DS_SEEDS="0": only the pretraining seeds listed (default all)
+  for s in ${DS_SEEDS:-0 1 2}; do
     NEED_MODEL=1 seed_runs "$s"
     [[ "$s" != 0 ]] || NEED_MODEL=1 published
   done
@@ -105,12 +112,12 @@ downstream() {  # issue 16: the main four (every seed), PLD and SD fine-tuned on
     if [[ ! -d "$OUT/$rel/final" ]]; then
       if ls "$d"finetune/*/final/finetune.json >/dev/null 2>&1; then
         reads+=("${d%/}")
-      elif [[ " ${DS_SEEDS:-0 1 2} " == *" $s "* ]]; then
+      elif wanted "$s"; then
         echo "no model for $rel in $OUT: not fine-tuned" >&2
       fi
       continue
     fi
-    [[ " ${DS_SEEDS:-0 1 2} " == *" $s "* ]] || continue
+    wanted "$s" || continue
     for f in "$d"finetune/*/final/finetune.json; do  # recorded earlier: reused, not fine-tuned again
       [[ -f "$f" ]] && mkdir -p "$(dirname "$OUT/$rel/${f#"$d"}")" && cp "$f" "$OUT/$rel/${f#"$d"}"
     done

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from . import floor
 from .errors import UserError
 from .models import build_model, config_from_dict, resolve_model_config
 from .objectives import objective_for
@@ -161,11 +162,7 @@ def run_eval(
         "perplexity": math.exp(min(base["eval_loss"], 50)),
         "accuracy": base["eval_accuracy"],
         "tokens": base["eval_tokens"],
-        **{
-            k: base[k]
-            for k in ("unigram_loss", "loss_below_unigram", "unigram_tokens", "eval_loss_at_unigram_positions")
-            if k in base
-        },
+        **{k: base[k] for k in (*floor.KEYS, "unigram_tokens", floor.AT_FLOOR_POSITIONS) if k in base},
     }
     if rd.warnings:
         out["warnings"] = rd.warnings
@@ -198,7 +195,6 @@ def run_unigram(run_dir: Path, recipe_path: Path, rd, tok_file: Path, eval_only:
     the run has no usable cache (a run from before the floor existed): the counts always come from
     the run's own train split, never from the files being scored.
     """
-    from . import floor
     from .train.data_setup import prepare_data
 
     if not eval_only:

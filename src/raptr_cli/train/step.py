@@ -176,11 +176,11 @@ def evaluate(
         "eval_tokens": int(sums[2]),
     }
     if unigram is not None:
-        from ..floor import floor_fields
+        from ..floor import AT_FLOOR_POSITIONS, floor_fields
 
         res.update(floor_fields(sums[u0], sums[u0 + 1], int(sums[u0 + 2])))
         if 0 < int(sums[u0 + 2]) != res["eval_tokens"]:  # UL2: the floor leaves the marker targets out
-            res["eval_loss_at_unigram_positions"] = sums[u0 + 1] / max(sums[u0 + 2], 1)
+            res[AT_FLOOR_POSITIONS] = sums[u0 + 1] / max(sums[u0 + 2], 1)
     if names:
         res["eval_loss_by_denoiser"] = {
             name: sums[3 + 2 * i] / sums[4 + 2 * i] for i, name in enumerate(names) if sums[4 + 2 * i] > 0

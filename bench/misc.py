@@ -174,7 +174,7 @@ H100_STEP_S = 0.066  # compiled BERT-base full step, batch 256 x 128, bf16 (docs
 
 
 def input_pipeline(steps: int) -> list[dict]:
-    from raptr_cli.objectives import objective_for
+    from raptr_cli.models.registry import objective_for
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.prefetch import Prefetcher
     from raptr_cli.train.step import train_batch

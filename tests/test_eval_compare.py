@@ -52,7 +52,7 @@ def test_eval_equals_the_runs_final_eval_and_a_direct_recomputation(runs, cli):
     assert res["perplexity"] == pytest.approx(math.exp(res["eval_loss"]))
     # direct recomputation: the saved model, the run's eval blocks and masks, plain cross-entropy
     from raptr_cli.evaluation import load_model_dir
-    from raptr_cli.objectives import objective_for
+    from raptr_cli.models.registry import objective_for
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
 

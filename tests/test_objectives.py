@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from raptr_cli.objectives import objective_for, objective_spec_for
+from raptr_cli.models.registry import objective_for, objective_spec_for
 from raptr_cli.objectives.mlm import MLMObjective, mask_tokens
 from raptr_cli.objectives.ul2 import UL2Objective
 from raptr_cli.objectives.ul2_tokenizer import train_bpe, ul2_special_ids

@@ -54,7 +54,7 @@ def _specials(tok, arch: str) -> set[int]:
 def hand_floor(run, eval_files: list[str] | None = None) -> tuple[float, int]:
     """(floor, positions): unigram of the run's train split, scored at the eval batches' labels
     (the run's eval split, or `eval_files` as `raptr eval --data` reads them)."""
-    from raptr_cli.objectives import objective_for
+    from raptr_cli.models.registry import objective_for
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
 
@@ -252,7 +252,7 @@ def test_ranks_split_the_floor_like_the_loss(bert_run):
     the two shares' floor sums add up to the one-process floor."""
     from raptr_cli import floor as fl
     from raptr_cli.evaluation import load_model_dir
-    from raptr_cli.objectives import objective_for
+    from raptr_cli.models.registry import objective_for
     from raptr_cli.recipe import load_recipe
     from raptr_cli.train.data_setup import prepare_data
     from raptr_cli.train.step import evaluate

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import floor
 from .errors import UserError
 from .models import build_model, config_from_dict, resolve_model_config
-from .objectives import objective_for
+from .models.registry import objective_for
 from .recipe import Recipe, load_recipe
 from .schedule import method_class, sample_subset, stream
 from .train import checkpoint as ckpt

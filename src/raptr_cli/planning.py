@@ -11,8 +11,7 @@ from pathlib import Path
 from .errors import UserError
 from .flops import Dims, plan_flops
 from .models import resolve_model_config
-from .models.registry import spec_of
-from .objectives import objective_spec_for
+from .models.registry import objective_spec_for, spec_of
 from .recipe import Recipe
 from .schedule import build_plan, describe
 

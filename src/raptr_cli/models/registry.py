@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from ..objectives import Objective, ObjectiveSpec, objective_spec
 
 if TYPE_CHECKING:
     from ..flops import Dims
@@ -129,3 +130,14 @@ def spec_of(cfg: Any) -> ArchSpec:
 
 def arch_names() -> list[str]:
     return list(_REGISTRY)
+
+
+def objective_spec_for(recipe: Any) -> ObjectiveSpec:
+    """The objective of a `recipe.Recipe`'s architecture (typed Any: the recipe imports this package)."""
+    return objective_spec(arch_spec(recipe.model.arch).objective)
+
+
+def objective_for(recipe: Any, specials: dict, vocab_size: int) -> Objective:
+    """The recipe's objective, built for a tokenizer's specials and vocabulary."""
+    cls = objective_spec_for(recipe).load()
+    return cls(recipe.objective, specials, vocab_size, recipe.train.seq_len)

@@ -3,7 +3,8 @@
 `mlm`: BERT's dynamic 80/10/10 masking over packed [CLS] ... [SEP] blocks;
 `ul2`: UL2's mixture of denoisers for the decoder-only prefix LM (`models/ul2`);
 `ul2_tokenizer`: the byte-level BPE with UL2's paradigm and sentinel tokens.
-An architecture names its default objective (`models.registry.ArchSpec.objective`).
+An architecture names its default objective (`models.registry.ArchSpec.objective`); a recipe's
+objective is looked up there (`models.registry.objective_for`), above this package.
 """
 
 from __future__ import annotations
@@ -47,17 +48,4 @@ UL2 = register_objective(
 )
 
 
-def objective_spec_for(recipe: Any) -> ObjectiveSpec:
-    """The objective of a `recipe.Recipe`'s architecture (typed Any: the recipe imports this package)."""
-    from ..models.registry import arch_spec
-
-    return objective_spec(arch_spec(recipe.model.arch).objective)
-
-
-def objective_for(recipe: Any, specials: dict, vocab_size: int) -> Objective:
-    """The recipe's objective, built for a tokenizer's specials and vocabulary."""
-    cls = objective_spec_for(recipe).load()
-    return cls(recipe.objective, specials, vocab_size, recipe.train.seq_len)
-
-
-__all__ = ["MLM", "UL2", "Objective", "ObjectiveSpec", "objective_for", "objective_spec", "objective_spec_for"]
+__all__ = ["MLM", "UL2", "Objective", "ObjectiveSpec", "objective_spec"]

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..flops import step_flops
 from ..models import build_model, resolve_model_config
 from ..models.common import grow_by_stacking
-from ..objectives import objective_for
+from ..models.registry import objective_for
 from ..planning import effective_precision, fsdp_options, model_dims
 from ..recipe import Recipe
 from ..schedule import Plan, build_plan, method_class

@@ -389,6 +389,14 @@ def test_compare_downstream_shares_one_scratch_result(run, task, cli, tmp_path):
     doc = json.loads(run_ok(cli, *args, "--downstream-seeds", "0,1", "--json").stdout)
     a, b = (r["downstream"] for r in doc["runs"])
     assert a["scratch_from"] is None and b["scratch_from"] == str(Path(a["finetune_json"]).parent)
+    # two pretraining seeds of one run.name: pooled over them, and the table says which row is which seed
+    (g,) = doc["downstream_by_name"]
+    assert g["seeds"] == [0, 5] and g["mean"] == pytest.approx((a["mean"] + b["mean"]) / 2)
+    assert g["std"] == pytest.approx(abs(a["mean"] - b["mean"]) / 2**0.5)
+    assert g["gain"] == pytest.approx((a["gain"] + b["gain"]) / 2)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| run | seed | pretrained |" in md and f"| ft | 5 | {b['mean']:.4f} +- {b['std']:.4f} |" in md
+    assert f"| ft | 0, 5 | {g['mean']:.4f} +- {g['std']:.4f} (" in md
     mine = json.loads(Path(b["finetune_json"]).read_text())
     assert Path(mine["checkpoint"]).is_relative_to(other) and [r["seed"] for r in mine["pretrained"]["runs"]] == [0, 1]
     alone = tmp_path / "alone"

@@ -104,3 +104,20 @@ def test_rescaled_schedule_keeps_width_keys() -> None:
     cfg = ScheduleConfig(method="raptr", stages=[S(steps=5, heads_fraction=0.5), S(steps=5, path_length=6)])
     out = rescaled_schedule(cfg, 10, 100, 20)
     assert out["stages"] == [{"steps": 10, "heads_fraction": 0.5}, {"steps": 10, "path_length": 6}]
+
+
+def test_compare_labels_width_stages() -> None:
+    """compare's schedule column names each stage's width, and a width-only stage runs all layers
+    (it printed "?-?-?-?" for the width-only reproduction run and hid the depth+width run's widths)."""
+    from pathlib import Path
+
+    from raptr_cli.comparison import stage_label, summarize
+
+    assert stage_label({"path_length": 8}, "path_length") == "8"
+    assert stage_label({"depth": 6}, "depth") == "6"
+    assert stage_label({"keep_prob": 0.5}, "path_length") == "0.5"
+    assert stage_label({"path_length": 8, "heads_fraction": 0.5, "mlp_fraction": 0.75}, "path_length") == "8 h0.5 m0.75"
+    assert stage_label({"heads_fraction": 1.0, "mlp_fraction": 0.75}, "path_length") == "all m0.75"
+    runs = Path(__file__).resolve().parents[1] / "docs" / "repro" / "runs" / "seed0"
+    assert summarize(runs / "bert-tiny-ctx-raptr-width")["schedule"] == "all h0.5 m0.5-all h0.5 m0.75-all m0.75-all"
+    assert summarize(runs / "bert-tiny-ctx-raptr-depth-width")["schedule"] == "8 h0.5 m0.75-10 m0.75-12 m0.75-12"

@@ -35,7 +35,7 @@ def summarize(run_dir: Path) -> dict:
         )
     stages = sched.get("stages", [])
     key = size_key(sched.get("method"))
-    schedule = "-".join(str(s.get(key, s.get("keep_prob", "?"))) for s in stages) or "full"
+    schedule = "-".join(stage_label(s, key) for s in stages) or "full"
     jumps = [r["loss_after"] - r["loss_before"] for r in rows if r.get("event") == "transition"]
     full_evals = [r for r in evals if r.get("eval_full_model", True)]
     return {
@@ -91,6 +91,14 @@ def compare_runs(run_dirs: list[Path], allow_mixed: bool = False, paired_against
     if paired_against is not None:
         result["paired"] = paired(runs, paired_against)
     return result
+
+
+def stage_label(stage: dict, key: str) -> str:
+    """A recipe stage in the schedule column: its layer count (or keep probability; "all" for a
+    width-only stage, which runs every layer), then its width fractions where it narrows, e.g. "8 h0.5 m0.75"."""
+    size = stage.get(key, stage.get("keep_prob", "all"))
+    width = [f"{c}{stage[k]:g}" for c, k in (("h", "heads_fraction"), ("m", "mlp_fraction")) if stage.get(k, 1.0) < 1.0]
+    return " ".join([str(size), *width])
 
 
 def refuse_duplicates(run_dirs: list[Path]) -> None:

@@ -51,6 +51,22 @@ MAIN = (
 )
 
 
+def equiflop_steps() -> int:
+    """The equi-FLOP baseline's steps as `raptr compare --equal-flops` solves them from the recipes."""
+    from raptr_cli.budget import solve_steps
+    from raptr_cli.planning import describe_run
+    from raptr_cli.recipe import load_recipe
+
+    base = describe_run(load_recipe(ROOT / "recipes" / "bert-tiny-ctx-baseline.toml"))
+    raptr = describe_run(load_recipe(ROOT / "recipes" / "bert-tiny-ctx-raptr.toml"))
+    return solve_steps(base["total_flops"], base["steps"], raptr["total_flops"])
+
+
+def test_equiflop_steps_match_the_recipes() -> None:
+    """The script's EQUIFLOP_STEPS is the solved step count, so a change to the recipes' steps shows here."""
+    assert f"EQUIFLOP_STEPS={equiflop_steps()} " in SCRIPT.read_text()
+
+
 @pytest.fixture
 def repro(tmp_path: Path):
     if shutil.which("bash") is None:
@@ -101,7 +117,7 @@ def test_downstream_trains_again_what_has_no_model_checks_it_and_records_the_fin
     assert p.returncode == 0, p.stderr
     trained = [c for c in calls() if "--runs" not in c]
     assert len(trained) == 4 and all("run.seed=1" in c for c in trained)
-    assert any("train.steps=756" in c for c in trained if "equiflop" in c)
+    assert any(f"train.steps={equiflop_steps()}" in c for c in trained if "equiflop" in c)
     assert p.stdout.count("(reproduced)") == 4
     (tune,) = [c for c in calls() if "--runs" in c]
     assert all(str(out / "seed1" / name) in tune for name in MAIN)

@@ -118,6 +118,6 @@ def test_compare_labels_width_stages() -> None:
     assert stage_label({"keep_prob": 0.5}, "path_length") == "0.5"
     assert stage_label({"path_length": 8, "heads_fraction": 0.5, "mlp_fraction": 0.75}, "path_length") == "8 h0.5 m0.75"
     assert stage_label({"heads_fraction": 1.0, "mlp_fraction": 0.75}, "path_length") == "all m0.75"
-    runs = Path(__file__).resolve().parents[1] / "docs" / "repro" / "runs" / "seed0"
+    runs = Path(__file__).resolve().parents[1] / "docs" / "repro-1000" / "runs" / "seed0"
     assert summarize(runs / "bert-tiny-ctx-raptr-width")["schedule"] == "all h0.5 m0.5-all h0.5 m0.75-all m0.75-all"
     assert summarize(runs / "bert-tiny-ctx-raptr-depth-width")["schedule"] == "8 h0.5 m0.75-10 m0.75-12 m0.75-12"

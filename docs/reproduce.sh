@@ -15,8 +15,9 @@
 # Every run is 1500 steps or their FLOPs. The 1000-step reproduction this replaced (its baseline ended
 # 0.57 nats below the floor, short of the 0.6 issue 15 asks), with its downstream and width results, is
 # kept in docs/repro-1000/. The main four x 3 seeds, PLD, SD and the ablations took 4.3 hours on 2
-# CPU cores as measured (0.69-0.76 s a full-model step; ~3 hours at the 0.5 s of faster days), 1.5-2
-# more for width and downstream, in pieces: it can be stopped at any point and run again. An interrupted run continues from its last
+# CPU cores as measured (0.69-0.76 s a full-model step; ~3 hours at the 0.5 s of faster days); width
+# adds ~1.5 and downstream ~4.5 (it trains its 14 models again first). In pieces: it can be stopped
+# at any point and run again. An interrupted run continues from its last
 # checkpoint (every 250 steps, in runs/repro); a finished one leaves its metrics.jsonl and recipe.toml in docs/repro/runs/ (committed: the table is built from them,
 # and a run recorded there is not trained again, on this machine or another).
 # Run from the repository root after `make install data`:  bash docs/reproduce.sh
